@@ -1,0 +1,122 @@
+# lockerd - key-locker station for municipal sports halls.
+#
+# The source lists below are the architecture: one file per subsystem.
+#   make            build lockerd and lockerctl into build/
+#   make check      build with AddressSanitizer + UBSan into build-san/ and run every test
+#   make demo       run a simulated station with demo data (see README)
+#   make bench      benchmarks (figures in docs/performance.md)
+#   make install    DESTDIR=... PREFIX=/usr
+#   WERROR=1        adds -Werror (CI)
+
+VERSION    := 0.1.0
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+MANDIR     ?= $(PREFIX)/share/man
+SYSCONFDIR ?= /etc
+BUILD      ?= build
+
+CC         ?= cc
+PKG_CONFIG ?= pkg-config
+PKGS       := inih sqlite3 jansson libcrypto libsystemd
+
+CFLAGS     ?= -O2 -g
+WARNFLAGS  := -std=c11 -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
+              -Wmissing-prototypes -Wswitch-enum -Wno-switch-default -Wvla
+ifeq ($(WERROR),1)
+WARNFLAGS  += -Werror
+endif
+ifeq ($(SANITIZE),1)
+CFLAGS     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
+              -fno-sanitize-recover=undefined
+LDFLAGS    += -fsanitize=address,undefined
+endif
+ALL_CPPFLAGS := -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' -I. \
+              $(shell $(PKG_CONFIG) --cflags $(PKGS)) $(CPPFLAGS)
+ALL_CFLAGS := $(WARNFLAGS) $(CFLAGS)
+LIBS       := $(shell $(PKG_CONFIG) --libs $(PKGS))
+
+# ---- sources: the architecture ----
+COMMON_SRCS := daemon/log.c        \
+               daemon/timeutil.c
+
+DAEMON_SRCS := daemon/loop.c       \
+               daemon/clock.c      \
+               daemon/config.c     \
+               daemon/store.c      \
+               daemon/policy.c     \
+               daemon/station.c    \
+               daemon/control.c
+
+HAL_SRCS    := hal/hal.c           \
+               hal/gpio_sim.c      \
+               hal/reader_sim.c
+
+LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
+LOCKERCTL_SRCS := provisioning/lockerctl.c $(COMMON_SRCS)
+
+UNIT_TESTS  := test_config test_store test_policy test_station test_loop
+BENCH_SRCS  := tests/bench_tap.c
+
+obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
+CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
+
+.PHONY: all check unit scenario demo bench install clean format lint
+all: $(BUILD)/lockerd $(BUILD)/lockerctl
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CPPFLAGS) $(ALL_CFLAGS) -MMD -MP -c -o $@ $<
+
+$(BUILD)/lockerd: $(call obj,$(LOCKERD_SRCS))
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/lockerctl: $(call obj,$(LOCKERCTL_SRCS))
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(CORE_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell $(PKG_CONFIG) --libs cmocka)
+
+$(BUILD)/bench_tap: $(call obj,$(BENCH_SRCS)) $(CORE_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
+
+# make check: everything under ASan + UBSan.
+check:
+	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins
+	$(MAKE) BUILD=build-san unit scenario
+
+unit:
+	@set -e; for t in $(UNIT_TESTS); do echo "== unit: $$t"; $(BUILD)/tests/$$t; done
+
+scenario:
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl python3 -m unittest discover -s tests/scenario -p 'test_*.py' -v
+
+demo: all
+	provisioning/demo $(BUILD)
+
+bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap
+	$(BUILD)/bench_tap
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl python3 tests/bench_idle.py
+
+install: all
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/lockerd \
+	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	install -m 0755 $(BUILD)/lockerd $(DESTDIR)$(SBINDIR)/lockerd
+	install -m 0755 $(BUILD)/lockerctl $(DESTDIR)$(BINDIR)/lockerctl
+	install -m 0640 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
+	install -m 0644 docs/man/lockerd.8 docs/man/lockerctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 docs/man/lockerd.conf.5 $(DESTDIR)$(MANDIR)/man5/
+
+format:
+	clang-format -i daemon/*.[ch] hal/*.[ch] provisioning/*.c tests/unit/*.[ch] tests/*.c
+
+lint:
+	cppcheck --quiet --enable=warning,performance,portability --inline-suppr \
+	    --error-exitcode=1 -D_GNU_SOURCE -I. daemon hal provisioning
+
+clean:
+	rm -rf build build-san
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

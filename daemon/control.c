@@ -1,0 +1,1178 @@
+/*
+ * control.c - the control socket: lockerctl (and later the kiosk and the manager
+ * console) talk to lockerd here.
+ *
+ * Each client connection is read line by line; each line is one request, answered
+ * by one line. Commands are a table of {name, minimum role, handler}. Handlers
+ * validate their arguments completely and answer bad input with a reason, never
+ * with a crash: a request line is untrusted input.
+ *
+ * Privacy: `card add` carries a UID; it is turned into the credential HMAC at once
+ * and never logged or stored.
+ */
+#include "daemon/control.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+#include "daemon/clock.h"
+#include "daemon/log.h"
+#include "daemon/timeutil.h"
+
+#define LINE_MAX_BYTES 65536
+#define OUT_MAX_BYTES (32u << 20)
+#define EVENTS_PAGE 1000
+#define ENROLL_DEFAULT_MS 60000
+
+struct client {
+    struct control *ctl;
+    int fd;
+    int watch;
+    uid_t uid;
+    char user[64];
+    enum member_role role;
+    char in[LINE_MAX_BYTES];
+    size_t inlen;
+    char *out;
+    size_t outlen, outcap;
+    bool follow;
+    int64_t follow_seq;
+    bool dead;
+    struct client *next;
+};
+
+struct enrolment {
+    struct client *client; /* NULL when no enrolment is waiting */
+    char member[STORE_ID_LEN];
+    char card_type[16];
+    int timer;
+};
+
+struct control {
+    const struct config *cfg;
+    struct loop *loop;
+    struct station *st;
+    struct store *store;
+    int fd;
+    int watch;
+    struct client *clients;
+    struct enrolment enrol;
+    bool unlink_on_free;
+};
+
+/* A command's error: code for machines, message for people. */
+struct cmd_err {
+    const char *code;
+    char message[256];
+};
+
+typedef json_t *(*cmd_fn)(struct client *cl, json_t *args, struct cmd_err *err);
+
+static void client_close(struct client *cl);
+static void client_flush(struct client *cl);
+
+/* ------------------------------------------------------------ output */
+
+static void client_send_line(struct client *cl, json_t *obj)
+{
+    char *text = json_dumps(obj, JSON_COMPACT);
+    if (!text)
+        return;
+    size_t n = strlen(text);
+    if (cl->outlen + n + 1 > OUT_MAX_BYTES) {
+        /* A client that does not read (a stuck follower) must not grow our memory. */
+        log_warnx("control: client %s is not reading; dropping it", cl->user);
+        free(text);
+        cl->dead = true;
+        return;
+    }
+    if (cl->outlen + n + 1 > cl->outcap) {
+        size_t cap = cl->outcap ? cl->outcap : 4096;
+        while (cap < cl->outlen + n + 1)
+            cap *= 2;
+        char *p = realloc(cl->out, cap);
+        if (!p)
+            fatalx("out of memory");
+        cl->out = p;
+        cl->outcap = cap;
+    }
+    memcpy(cl->out + cl->outlen, text, n);
+    cl->out[cl->outlen + n] = '\n';
+    cl->outlen += n + 1;
+    free(text);
+    client_flush(cl);
+}
+
+static void reply_ok(struct client *cl, json_t *result)
+{
+    json_t *r = json_pack("{s:b,s:o}", "ok", 1, "result", result ? result : json_null());
+    client_send_line(cl, r);
+    json_decref(r);
+}
+
+static void reply_err(struct client *cl, const char *code, const char *message)
+{
+    json_t *r = json_pack("{s:b,s:{s:s,s:s}}", "ok", 0, "error", "code", code, "message", message);
+    client_send_line(cl, r);
+    json_decref(r);
+}
+
+static void client_flush(struct client *cl)
+{
+    while (cl->outlen > 0 && !cl->dead) {
+        ssize_t n = send(cl->fd, cl->out, cl->outlen, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EAGAIN || errno == EINTR)
+                break;
+            cl->dead = true;
+            break;
+        }
+        memmove(cl->out, cl->out + n, cl->outlen - (size_t)n);
+        cl->outlen -= (size_t)n;
+    }
+    loop_mod_fd(cl->ctl->loop, cl->watch, EPOLLIN | (cl->outlen ? EPOLLOUT : 0));
+}
+
+/* ------------------------------------------------------------ argument helpers */
+
+static __attribute__((format(printf, 3, 4))) json_t *fail(struct cmd_err *err, const char *code,
+                                                          const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    va_end(ap);
+    err->code = code;
+    return NULL;
+}
+
+/* Required string argument, length 1..max-1, printable. */
+static const char *arg_str(json_t *args, const char *name, size_t max, struct cmd_err *err)
+{
+    json_t *v = json_object_get(args, name);
+    if (!json_is_string(v)) {
+        fail(err, "bad_request", "missing argument '%s'", name);
+        return NULL;
+    }
+    const char *s = json_string_value(v);
+    size_t len = strlen(s);
+    if (len == 0 || len >= max) {
+        fail(err, "bad_request", "argument '%s' must be 1 to %zu characters", name, max - 1);
+        return NULL;
+    }
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x20 || *p == 0x7f) {
+            fail(err, "bad_request", "argument '%s' contains control characters", name);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+static const char *arg_opt_str(json_t *args, const char *name, size_t max, struct cmd_err *err,
+                               bool *bad)
+{
+    if (!json_object_get(args, name))
+        return NULL;
+    const char *s = arg_str(args, name, max, err);
+    if (!s)
+        *bad = true;
+    return s;
+}
+
+/* Identifiers: letters, digits, '-', '_', '.', at most STORE_ID_LEN-1. */
+static const char *arg_id(json_t *args, const char *name, struct cmd_err *err)
+{
+    const char *s = arg_str(args, name, STORE_ID_LEN, err);
+    if (!s)
+        return NULL;
+    for (const char *p = s; *p; p++) {
+        if (!(*p >= 'a' && *p <= 'z') && !(*p >= 'A' && *p <= 'Z') && !(*p >= '0' && *p <= '9') &&
+            *p != '-' && *p != '_' && *p != '.') {
+            fail(err, "bad_request", "'%s' may contain only letters, digits, '-', '_' and '.'",
+                 name);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+static bool arg_compartment(struct client *cl, json_t *args, int *out, struct cmd_err *err)
+{
+    json_t *v = json_object_get(args, "compartment");
+    if (!json_is_integer(v)) {
+        fail(err, "bad_request", "missing argument 'compartment' (a number)");
+        return false;
+    }
+    json_int_t n = json_integer_value(v);
+    if (n < 1 || n > CONFIG_MAX_COMPARTMENTS || !config_compartment(cl->ctl->cfg, (int)n)) {
+        fail(err, "no_such_compartment", "this station has no compartment %lld", (long long)n);
+        return false;
+    }
+    *out = (int)n;
+    return true;
+}
+
+static bool arg_time(json_t *args, const char *name, int64_t *out, struct cmd_err *err)
+{
+    const char *s = arg_str(args, name, 64, err);
+    if (!s)
+        return false;
+    if (!time_parse_iso(s, out)) {
+        fail(err, "bad_request",
+             "'%s' is not a time like 2026-11-28T18:00+01:00 (or local 2026-11-28T18:00)", s);
+        return false;
+    }
+    return true;
+}
+
+static int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* A card UID in hex (colons allowed): 4, 7 or 10 bytes. The message never
+ * repeats the UID. */
+static bool arg_uid(json_t *args, uint8_t *uid, size_t *len, struct cmd_err *err)
+{
+    const char *s = arg_str(args, "uid", 64, err);
+    if (!s)
+        return false;
+    size_t n = 0;
+    int hi = -1;
+    for (const char *p = s; *p; p++) {
+        if (*p == ':')
+            continue;
+        int v = hex_nibble(*p);
+        if (v < 0 || n == HAL_UID_MAX) {
+            fail(err, "bad_request", "uid must be 4, 7 or 10 bytes in hex");
+            return false;
+        }
+        if (hi < 0) {
+            hi = v;
+        } else {
+            uid[n++] = (uint8_t)(hi << 4 | v);
+            hi = -1;
+        }
+    }
+    if (hi >= 0 || (n != 4 && n != 7 && n != 10)) {
+        fail(err, "bad_request", "uid must be 4, 7 or 10 bytes in hex");
+        return false;
+    }
+    *len = n;
+    return true;
+}
+
+static bool arg_card_type(json_t *args, const char **type, struct cmd_err *err)
+{
+    json_t *v = json_object_get(args, "card");
+    *type = "desfire";
+    if (!v)
+        return true;
+    const char *s = json_string_value(v);
+    if (!s || (strcmp(s, "desfire") != 0 && strcmp(s, "uid") != 0)) {
+        fail(err, "bad_request", "card type must be 'desfire' or 'uid'");
+        return false;
+    }
+    *type = s;
+    return true;
+}
+
+/* New random id with a prefix: "m-3fa85f64". */
+static void new_id(const char *prefix, char *out, size_t len)
+{
+    uint8_t r[4];
+    if (RAND_bytes(r, sizeof(r)) != 1)
+        fatalx("RAND_bytes failed");
+    snprintf(out, len, "%s-%02x%02x%02x%02x", prefix, r[0], r[1], r[2], r[3]);
+}
+
+/* Records an administrative change in the event log with its operator. */
+static bool audit(struct client *cl, const char *type, const struct event *base)
+{
+    struct event ev = *base;
+    ev.type = type;
+    ev.operator_name = cl->user;
+    if (store_event_add(cl->ctl->store, &ev) < 0)
+        return false;
+    log_info("%s by %s", type, cl->user);
+    return true;
+}
+
+/* ------------------------------------------------------------ commands */
+
+static json_t *cmd_status(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)args;
+    (void)err;
+    return station_status_json(cl->ctl->st);
+}
+
+static json_t *cmd_events(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    struct store *s = cl->ctl->store;
+    if (json_is_true(json_object_get(args, "verify"))) {
+        int64_t bad = 0;
+        char why[256] = "";
+        int rc = store_events_verify(s, &bad, why, sizeof(why));
+        if (rc == STORE_ERR)
+            return fail(err, "internal_error", "the event log could not be read");
+        json_t *r = json_pack("{s:b,s:I,s:I}", "intact", rc == STORE_OK, "events",
+                              (json_int_t)store_event_count(s, NULL), "lastSeq",
+                              (json_int_t)store_last_seq(s));
+        if (rc != STORE_OK) {
+            json_object_set_new(r, "firstBadSeq", json_integer(bad));
+            json_object_set_new(r, "reason", json_string(why));
+        }
+        return r;
+    }
+    json_int_t since = 0;
+    json_t *v = json_object_get(args, "since");
+    if (v && (!json_is_integer(v) || json_integer_value(v) < 0))
+        return fail(err, "bad_request", "'since' must be a sequence number >= 0");
+    if (v)
+        since = json_integer_value(v);
+    json_t *events = store_events_json(s, since, EVENTS_PAGE);
+    if (!events)
+        return fail(err, "internal_error", "the event log could not be read");
+    if (json_is_true(json_object_get(args, "follow"))) {
+        cl->follow = true;
+        size_t n = json_array_size(events);
+        cl->follow_seq = n ? json_integer_value(json_object_get(json_array_get(events, n - 1),
+                                                                "seq"))
+                           : (since ? since : store_last_seq(s));
+    }
+    return json_pack("{s:o,s:I,s:b}", "events", events, "lastSeq", (json_int_t)store_last_seq(s),
+                     "more", json_array_size(events) == EVENTS_PAGE);
+}
+
+static json_t *cmd_booking_add(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    struct booking b;
+    memset(&b, 0, sizeof(b));
+    const char *club = arg_id(args, "club", err);
+    if (!club || !arg_compartment(cl, args, &b.compartment, err) ||
+        !arg_time(args, "from", &b.start_ms, err) || !arg_time(args, "to", &b.end_ms, err))
+        return NULL;
+    if (b.end_ms <= b.start_ms)
+        return fail(err, "bad_request", "the booking must end after it starts");
+    struct club c;
+    int rc = store_club_get(cl->ctl->store, club, &c);
+    if (rc == STORE_NOTFOUND)
+        return fail(err, "not_found", "no club '%s' (add it with: lockerctl club add)", club);
+    if (rc != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    new_id("b", b.id, sizeof(b.id));
+    snprintf(b.club_id, sizeof(b.club_id), "%s", club);
+    snprintf(b.source, sizeof(b.source), "local");
+    b.status = BOOKING_ACTIVE;
+
+    struct store *s = cl->ctl->store;
+    struct event ev = {.compartment = b.compartment, .club_id = club, .booking_id = b.id};
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    rc = store_booking_add(s, &b);
+    if (rc == STORE_CONFLICT) {
+        store_rollback(s);
+        return fail(err, "conflict",
+                    "compartment %d already has a booking overlapping that time", b.compartment);
+    }
+    if (rc != STORE_OK || !audit(cl, "booking.created", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    return json_pack("{s:s}", "id", b.id);
+}
+
+static json_t *cmd_booking_list(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    /* By default what is still to come or running; --all shows history too. */
+    int64_t from = json_is_true(json_object_get(args, "all")) ? 0 : clock_wall_ms();
+    json_t *list = store_bookings_json(cl->ctl->store, from);
+    if (!list)
+        return fail(err, "internal_error", "database error");
+    return json_pack("{s:o}", "bookings", list);
+}
+
+static json_t *cmd_booking_cancel(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *id = arg_id(args, "id", err);
+    if (!id)
+        return NULL;
+    struct store *s = cl->ctl->store;
+    struct booking b;
+    int rc = store_booking_get(s, id, &b);
+    if (rc == STORE_NOTFOUND)
+        return fail(err, "not_found", "no booking '%s'", id);
+    if (rc != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    if (b.status == BOOKING_CANCELLED)
+        return fail(err, "conflict", "booking '%s' is already cancelled", id);
+    if (strcmp(b.source, "local") != 0)
+        return fail(err, "read_only", "booking '%s' comes from the city's booking service; "
+                                      "cancel it there", id);
+    struct event ev = {.compartment = b.compartment, .club_id = b.club_id, .booking_id = id};
+    if (store_begin(s) != STORE_OK || store_booking_cancel(s, id) != STORE_OK ||
+        !audit(cl, "booking.cancelled", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    return json_pack("{s:s}", "id", id);
+}
+
+static json_t *cmd_club_add(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    struct club c;
+    const char *id = arg_id(args, "id", err);
+    const char *name = id ? arg_str(args, "name", sizeof(c.name), err) : NULL;
+    if (!name)
+        return NULL;
+    snprintf(c.id, sizeof(c.id), "%s", id);
+    snprintf(c.name, sizeof(c.name), "%s", name);
+    struct store *s = cl->ctl->store;
+    struct event ev = {.club_id = id};
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    int rc = store_club_add(s, &c);
+    if (rc == STORE_CONFLICT) {
+        store_rollback(s);
+        return fail(err, "conflict", "club '%s' exists already", id);
+    }
+    if (rc != STORE_OK || !audit(cl, "club.created", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    return json_pack("{s:s}", "id", id);
+}
+
+/* Adds a member to the clubs listed in args "clubs" (array) inside a transaction. */
+static json_t *join_clubs(struct client *cl, const char *member, json_t *clubs, struct cmd_err *err)
+{
+    size_t i;
+    json_t *v;
+    json_array_foreach(clubs, i, v)
+    {
+        const char *club = json_string_value(v);
+        int rc = club ? store_member_join(cl->ctl->store, member, club) : STORE_NOTFOUND;
+        if (rc == STORE_NOTFOUND)
+            return fail(err, "not_found", "no club '%s'", club ? club : "?");
+        if (rc != STORE_OK)
+            return fail(err, "internal_error", "database error");
+    }
+    return json_true();
+}
+
+static json_t *cmd_member_add(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    struct member m;
+    memset(&m, 0, sizeof(m));
+    json_t *clubs = json_object_get(args, "clubs");
+    if (!json_is_array(clubs) || json_array_size(clubs) == 0 || json_array_size(clubs) > 16)
+        return fail(err, "bad_request", "give 1 to 16 clubs (--club CLUB)");
+    const char *name = arg_str(args, "name", sizeof(m.name), err);
+    if (!name)
+        return NULL;
+    m.role = ROLE_MEMBER;
+    json_t *role = json_object_get(args, "role");
+    if (role && !role_parse(json_string_value(role) ? json_string_value(role) : "", &m.role))
+        return fail(err, "bad_request", "role must be member, manager or technician");
+    if (m.role != ROLE_MEMBER && cl->role != ROLE_TECHNICIAN)
+        return fail(err, "forbidden", "only a technician may create managers and technicians");
+    new_id("m", m.id, sizeof(m.id));
+    snprintf(m.name, sizeof(m.name), "%s", name);
+
+    struct store *s = cl->ctl->store;
+    struct event ev = {.member_id = m.id};
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    if (store_member_add(s, &m) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    json_t *ok = join_clubs(cl, m.id, clubs, err);
+    if (!ok || !audit(cl, "member.created", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return ok ? fail(err, "internal_error", "database error") : NULL;
+    }
+    return json_pack("{s:s}", "id", m.id);
+}
+
+static json_t *cmd_member_join(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *member = arg_id(args, "member", err);
+    if (!member)
+        return NULL;
+    json_t *clubs = json_object_get(args, "clubs");
+    if (!json_is_array(clubs) || json_array_size(clubs) == 0)
+        return fail(err, "bad_request", "give at least one club (--club CLUB)");
+    struct member m;
+    int rc = store_member_get(cl->ctl->store, member, &m);
+    if (rc == STORE_NOTFOUND)
+        return fail(err, "not_found", "no member '%s'", member);
+    struct store *s = cl->ctl->store;
+    struct event ev = {.member_id = member};
+    if (rc != STORE_OK || store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    json_t *ok = join_clubs(cl, member, clubs, err);
+    if (!ok || !audit(cl, "member.joined", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return ok ? fail(err, "internal_error", "database error") : NULL;
+    }
+    return json_pack("{s:s}", "id", member);
+}
+
+/* Registers a credential for a member from an HMAC (card add, card enroll). */
+static json_t *add_credential(struct client *cl, const char *member, const uint8_t hmac[32],
+                              const char *card_type, struct cmd_err *err)
+{
+    struct credential c;
+    memset(&c, 0, sizeof(c));
+    new_id("c", c.id, sizeof(c.id));
+    snprintf(c.member_id, sizeof(c.member_id), "%s", member);
+    memcpy(c.uid_hmac, hmac, 32);
+    snprintf(c.card_type, sizeof(c.card_type), "%s", card_type);
+    snprintf(c.source, sizeof(c.source), "local");
+    c.status = CRED_ACTIVE;
+
+    struct store *s = cl->ctl->store;
+    struct event ev = {.member_id = member, .credential_id = c.id};
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    int rc = store_credential_add(s, &c);
+    if (rc == STORE_CONFLICT) {
+        store_rollback(s);
+        return fail(err, "conflict", "this card is already registered");
+    }
+    if (rc != STORE_OK || !audit(cl, "card.added", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    if (strcmp(card_type, "uid") == 0)
+        log_warnx("card %s of member %s is UID-only: it can be cloned", c.id, member);
+    json_t *r = json_pack("{s:s,s:s,s:s}", "id", c.id, "member", member, "card", card_type);
+    if (strcmp(card_type, "uid") == 0 && cl->ctl->cfg->auth == CARD_AUTH_DESFIRE)
+        json_object_set_new(r, "warning",
+                            json_string("UID-only card: refused while [reader] auth = desfire"));
+    return r;
+}
+
+static bool member_exists(struct client *cl, const char *member, struct cmd_err *err)
+{
+    struct member m;
+    int rc = store_member_get(cl->ctl->store, member, &m);
+    if (rc == STORE_NOTFOUND)
+        fail(err, "not_found", "no member '%s'", member);
+    else if (rc != STORE_OK)
+        fail(err, "internal_error", "database error");
+    return rc == STORE_OK;
+}
+
+static json_t *cmd_card_add(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    uint8_t uid[HAL_UID_MAX], hmac[32];
+    size_t len;
+    const char *type;
+    const char *member = arg_id(args, "member", err);
+    if (!member || !arg_card_type(args, &type, err) || !member_exists(cl, member, err))
+        return NULL;
+    if (!arg_uid(args, uid, &len, err))
+        return NULL;
+    station_uid_hmac(cl->ctl->st, uid, len, hmac);
+    OPENSSL_cleanse(uid, sizeof(uid));
+    return add_credential(cl, member, hmac, type, err);
+}
+
+static void enrol_finish(struct control *ctl)
+{
+    station_set_tap_hook(ctl->st, NULL, NULL);
+    if (ctl->enrol.timer)
+        loop_remove(ctl->loop, ctl->enrol.timer);
+    memset(&ctl->enrol, 0, sizeof(ctl->enrol));
+}
+
+static void enrol_tapped(const struct decision *d, const uint8_t hmac[32],
+                         const struct card_read *card, void *arg)
+{
+    (void)d;
+    struct control *ctl = arg;
+    struct client *cl = ctl->enrol.client;
+    struct cmd_err err = {0};
+    const char *type = card->kind == CARD_KIND_DESFIRE && card->authenticated ? "desfire" : "uid";
+    json_t *r = add_credential(cl, ctl->enrol.member, hmac, type, &err);
+    if (r)
+        reply_ok(cl, r);
+    else
+        reply_err(cl, err.code, err.message);
+    enrol_finish(ctl);
+}
+
+static void enrol_timeout(void *arg)
+{
+    struct control *ctl = arg;
+    ctl->enrol.timer = 0;
+    reply_err(ctl->enrol.client, "timeout", "no card was tapped in time");
+    enrol_finish(ctl);
+}
+
+/* Deferred reply: the answer comes when a card is tapped or the wait ends. */
+static json_t *cmd_card_enroll(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    struct control *ctl = cl->ctl;
+    const char *member = arg_id(args, "member", err);
+    if (!member || !member_exists(cl, member, err))
+        return NULL;
+    if (ctl->enrol.client)
+        return fail(err, "busy", "another enrolment is waiting for a card");
+    int64_t wait = ENROLL_DEFAULT_MS;
+    json_t *t = json_object_get(args, "timeoutMs");
+    if (json_is_integer(t) && json_integer_value(t) > 0 && json_integer_value(t) <= 600000)
+        wait = json_integer_value(t);
+    ctl->enrol.client = cl;
+    snprintf(ctl->enrol.member, sizeof(ctl->enrol.member), "%s", member);
+    int id = loop_add_timer(ctl->loop, wait, enrol_timeout, ctl);
+    if (id < 0) {
+        memset(&ctl->enrol, 0, sizeof(ctl->enrol));
+        return fail(err, "internal_error", "cannot arm timer");
+    }
+    ctl->enrol.timer = id;
+    station_set_tap_hook(ctl->st, enrol_tapped, ctl);
+    log_info("enrolment for member %s: waiting for a card", member);
+    return json_incref(json_null()); /* marker: reply later */
+}
+
+static json_t *cmd_card_revoke(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *id = arg_id(args, "id", err);
+    if (!id)
+        return NULL;
+    struct store *s = cl->ctl->store;
+    struct event ev = {.credential_id = id};
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    int rc = store_credential_revoke(s, id);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback(s);
+        return fail(err, "not_found", "no card '%s'", id);
+    }
+    if (rc != STORE_OK || !audit(cl, "card.revoked", &ev) || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    return json_pack("{s:s}", "id", id);
+}
+
+static json_t *station_result(int rc, int n, struct cmd_err *err)
+{
+    if (rc == 0)
+        return json_pack("{s:i}", "compartment", n);
+    const char *code = rc == STATION_EBUSY    ? "busy"
+                       : rc == STATION_ESTATE ? "wrong_state"
+                       : rc == STATION_EINVAL ? "bad_request"
+                       : rc == STATION_ENOTSIM ? "not_simulated"
+                                              : "internal_error";
+    return fail(err, code, "compartment %d: %s", n, station_strerror(rc));
+}
+
+static json_t *cmd_open(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int n;
+    if (!arg_compartment(cl, args, &n, err))
+        return NULL;
+    const char *reason = arg_str(args, "reason", 200, err);
+    if (!reason)
+        return NULL;
+    if (!policy_may_service_open(cl->role))
+        return fail(err, "forbidden", "only managers and technicians may open compartments");
+    return station_result(station_service_open(cl->ctl->st, n, cl->user, reason), n, err);
+}
+
+static json_t *cmd_clear(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int n;
+    const char *reason;
+    if (!arg_compartment(cl, args, &n, err) || !(reason = arg_str(args, "reason", 200, err)))
+        return NULL;
+    return station_result(station_clear(cl->ctl->st, n, cl->user, reason), n, err);
+}
+
+static json_t *cmd_disable(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int n;
+    const char *reason;
+    if (!arg_compartment(cl, args, &n, err) || !(reason = arg_str(args, "reason", 200, err)))
+        return NULL;
+    return station_result(station_disable(cl->ctl->st, n, cl->user, reason), n, err);
+}
+
+static json_t *cmd_prune(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)args;
+    int64_t n = station_housekeeping(cl->ctl->st);
+    if (n < 0)
+        return fail(err, "internal_error", "pruning failed");
+    return json_pack("{s:I}", "pruned", (json_int_t)n);
+}
+
+static json_t *cmd_sync_status(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)args;
+    (void)err;
+    return json_pack("{s:s,s:b,s:I,s:I,s:n,s:n,s:n}", "mode", "local", "configured", 0,
+                     "outboxDepth", (json_int_t)store_outbox_depth(cl->ctl->store),
+                     "deadLetters", (json_int_t)0, "cursor", "lastSuccess", "lastError");
+}
+
+static json_t *cmd_sync_now(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)cl;
+    (void)args;
+    return fail(err, "not_configured",
+                "this station has no city API configured; it runs on local bookings");
+}
+
+/* ---- simulation ---- */
+
+static json_t *tap_result(struct client *cl)
+{
+    int rc;
+    const struct decision *d = station_last_tap(cl->ctl->st, &rc);
+    const char *outcome = d->action == POLICY_PICKUP   ? "pickup"
+                          : d->action == POLICY_RETURN ? "return"
+                                                       : "refused";
+    json_t *r = json_pack("{s:s}", "outcome", outcome);
+    if (d->compartment)
+        json_object_set_new(r, "compartment", json_integer(d->compartment));
+    if (d->action == POLICY_REFUSE)
+        json_object_set_new(r, "reason", json_string(refusal_code(d->reason)));
+    else if (rc != 0)
+        json_object_set_new(r, "unlockError", json_string(station_strerror(rc)));
+    if (d->have_credential)
+        json_object_set_new(r, "member", json_string(d->member.id));
+    if (d->next_start_ms) {
+        char when[40];
+        time_format_local(d->next_start_ms, when, sizeof(when));
+        json_object_set_new(r, "nextBooking", json_string(when));
+    }
+    return r;
+}
+
+static json_t *cmd_sim_tap(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    uint8_t uid[HAL_UID_MAX];
+    size_t len;
+    const char *type;
+    if (!arg_card_type(args, &type, err) || !arg_uid(args, uid, &len, err))
+        return NULL;
+    bool enrolling = cl->ctl->enrol.client != NULL;
+    int rc = station_sim_tap(cl->ctl->st, uid, len,
+                             strcmp(type, "uid") == 0 ? CARD_KIND_UID : CARD_KIND_DESFIRE);
+    OPENSSL_cleanse(uid, sizeof(uid));
+    if (rc != 0)
+        return fail(err, rc == STATION_ENOTSIM ? "not_simulated" : "bad_request", "%s",
+                    station_strerror(rc));
+    if (enrolling)
+        return json_pack("{s:s}", "outcome", "enrolment");
+    return tap_result(cl);
+}
+
+static json_t *cmd_sim_remove(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)args;
+    int rc = station_sim_remove(cl->ctl->st);
+    return rc ? fail(err, "not_simulated", "%s", station_strerror(rc)) : json_object();
+}
+
+static json_t *cmd_sim_door(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int n;
+    if (!arg_compartment(cl, args, &n, err))
+        return NULL;
+    const char *state = json_string_value(json_object_get(args, "state"));
+    if (!state || (strcmp(state, "open") != 0 && strcmp(state, "close") != 0))
+        return fail(err, "bad_request", "door state must be 'open' or 'close'");
+    int rc = station_sim_door(cl->ctl->st, n, strcmp(state, "open") == 0);
+    if (rc)
+        return station_result(rc, n, err);
+    return json_pack("{s:i,s:s}", "compartment", n, "state",
+                     comp_state_name(station_comp_state(cl->ctl->st, n)));
+}
+
+static json_t *cmd_sim_key(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int n;
+    if (!arg_compartment(cl, args, &n, err))
+        return NULL;
+    const char *action = json_string_value(json_object_get(args, "action"));
+    if (!action || (strcmp(action, "take") != 0 && strcmp(action, "put") != 0))
+        return fail(err, "bad_request", "key action must be 'take' or 'put'");
+    int rc = station_sim_key(cl->ctl->st, n, strcmp(action, "put") == 0);
+    if (rc)
+        return station_result(rc, n, err);
+    return json_pack("{s:i,s:s}", "compartment", n, "state",
+                     comp_state_name(station_comp_state(cl->ctl->st, n)));
+}
+
+static json_t *cmd_sim_tamper(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *state = json_string_value(json_object_get(args, "state"));
+    if (!state || (strcmp(state, "open") != 0 && strcmp(state, "close") != 0))
+        return fail(err, "bad_request", "tamper state must be 'open' or 'close'");
+    int rc = station_sim_tamper(cl->ctl->st, strcmp(state, "open") == 0);
+    if (rc == STATION_EINVAL)
+        return fail(err, "bad_request", "no tamper line configured ([gpio] tamper)");
+    return rc ? fail(err, "not_simulated", "%s", station_strerror(rc)) : json_object();
+}
+
+static json_t *cmd_sim_outputs(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)args;
+    char *text = station_sim_outputs(cl->ctl->st);
+    if (!text)
+        return fail(err, "not_simulated", "only possible with simulated hardware");
+    json_t *lines = json_loads(text, 0, NULL);
+    free(text);
+    return lines ? json_pack("{s:o}", "lines", lines)
+                 : fail(err, "internal_error", "bad output description");
+}
+
+static json_t *cmd_sim_clock(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int64_t ms;
+    const char *by = arg_str(args, "advance", 32, err);
+    if (!by)
+        return NULL;
+    if (!duration_parse(by, &ms) || ms <= 0)
+        return fail(err, "bad_request", "'%s' is not a duration like 90s, 15m or 2h", by);
+    if (station_sim_clock_advance(cl->ctl->st, ms) != 0)
+        return fail(err, "not_simulated", "the simulated clock is off ([station] sim_clock)");
+    char now[40];
+    time_format_local(clock_wall_ms(), now, sizeof(now));
+    return json_pack("{s:s}", "now", now);
+}
+
+struct command {
+    const char *name;
+    enum member_role min_role;
+    cmd_fn fn;
+};
+
+static const struct command commands[] = {
+    {"status", ROLE_MEMBER, cmd_status},
+    {"events", ROLE_MEMBER, cmd_events},
+    {"booking.add", ROLE_MANAGER, cmd_booking_add},
+    {"booking.list", ROLE_MEMBER, cmd_booking_list},
+    {"booking.cancel", ROLE_MANAGER, cmd_booking_cancel},
+    {"club.add", ROLE_MANAGER, cmd_club_add},
+    {"member.add", ROLE_MANAGER, cmd_member_add},
+    {"member.join", ROLE_MANAGER, cmd_member_join},
+    {"card.add", ROLE_MANAGER, cmd_card_add},
+    {"card.enroll", ROLE_MANAGER, cmd_card_enroll},
+    {"card.revoke", ROLE_MANAGER, cmd_card_revoke},
+    {"open", ROLE_MANAGER, cmd_open},
+    {"clear", ROLE_TECHNICIAN, cmd_clear},
+    {"disable", ROLE_TECHNICIAN, cmd_disable},
+    {"prune", ROLE_TECHNICIAN, cmd_prune},
+    {"sync.status", ROLE_MEMBER, cmd_sync_status},
+    {"sync.now", ROLE_MANAGER, cmd_sync_now},
+    {"sim.tap", ROLE_MEMBER, cmd_sim_tap},
+    {"sim.remove", ROLE_MEMBER, cmd_sim_remove},
+    {"sim.door", ROLE_MEMBER, cmd_sim_door},
+    {"sim.key", ROLE_MEMBER, cmd_sim_key},
+    {"sim.tamper", ROLE_MEMBER, cmd_sim_tamper},
+    {"sim.outputs", ROLE_MEMBER, cmd_sim_outputs},
+    {"sim.clock", ROLE_MEMBER, cmd_sim_clock},
+};
+
+static int role_rank(enum member_role r)
+{
+    switch (r) {
+    case ROLE_MEMBER:
+        return 0;
+    case ROLE_MANAGER:
+        return 1;
+    case ROLE_TECHNICIAN:
+        return 2;
+    }
+    return 0;
+}
+
+static void handle_line(struct client *cl, const char *line)
+{
+    json_error_t jerr;
+    json_t *req = json_loads(line, JSON_REJECT_DUPLICATES, &jerr);
+    if (!json_is_object(req)) {
+        reply_err(cl, "bad_request", "each request is one JSON object on one line");
+        json_decref(req);
+        return;
+    }
+    const char *name = json_string_value(json_object_get(req, "cmd"));
+    json_t *args = json_object_get(req, "args");
+    if (!args)
+        args = json_object();
+    else
+        json_incref(args);
+    const struct command *cmd = NULL;
+    for (size_t i = 0; name && i < sizeof(commands) / sizeof(commands[0]); i++) {
+        if (strcmp(commands[i].name, name) == 0)
+            cmd = &commands[i];
+    }
+    if (!cmd) {
+        reply_err(cl, "unknown_command", "unknown command");
+    } else if (!json_is_object(args)) {
+        reply_err(cl, "bad_request", "'args' must be an object");
+    } else if (role_rank(cl->role) < role_rank(cmd->min_role)) {
+        char msg[160];
+        snprintf(msg, sizeof(msg), "'%s' needs the role %s; user %s is a %s", cmd->name,
+                 role_name(cmd->min_role), cl->user, role_name(cl->role));
+        reply_err(cl, "forbidden", msg);
+    } else {
+        struct cmd_err err = {.code = "internal_error", .message = "failed"};
+        json_t *result = cmd->fn(cl, args, &err);
+        if (!result)
+            reply_err(cl, err.code, err.message);
+        else if (json_is_null(result)) /* deferred */
+            json_decref(result);
+        else
+            reply_ok(cl, result);
+    }
+    json_decref(args);
+    json_decref(req);
+}
+
+/* ------------------------------------------------------------ connections */
+
+static void client_readable(int fd, uint32_t events, void *arg)
+{
+    struct client *cl = arg;
+    (void)fd;
+    if (events & EPOLLOUT)
+        client_flush(cl);
+    if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        ssize_t n = recv(cl->fd, cl->in + cl->inlen, sizeof(cl->in) - cl->inlen, 0);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) {
+            cl->dead = true;
+        } else if (n > 0) {
+            cl->inlen += (size_t)n;
+            char *nl;
+            while (!cl->dead && (nl = memchr(cl->in, '\n', cl->inlen))) {
+                *nl = '\0';
+                handle_line(cl, cl->in);
+                size_t used = (size_t)(nl - cl->in) + 1;
+                memmove(cl->in, cl->in + used, cl->inlen - used);
+                cl->inlen -= used;
+            }
+            if (cl->inlen == sizeof(cl->in)) {
+                reply_err(cl, "bad_request", "request line too long");
+                cl->dead = true;
+            }
+        }
+    }
+    if (cl->dead)
+        client_close(cl);
+}
+
+static enum member_role role_of(const struct config *cfg, uid_t uid, const char *user)
+{
+    if (uid == 0 || uid == geteuid())
+        return ROLE_TECHNICIAN;
+    for (int i = 0; i < cfg->n_technicians; i++) {
+        if (strcmp(cfg->technicians[i], user) == 0)
+            return ROLE_TECHNICIAN;
+    }
+    for (int i = 0; i < cfg->n_managers; i++) {
+        if (strcmp(cfg->managers[i], user) == 0)
+            return ROLE_MANAGER;
+    }
+    return ROLE_MEMBER;
+}
+
+static void on_accept(int fd, uint32_t events, void *arg)
+{
+    struct control *ctl = arg;
+    (void)events;
+    int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd < 0) {
+        if (errno != EAGAIN)
+            log_warn("control: accept");
+        return;
+    }
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    if (getsockopt(cfd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
+        log_warn("control: SO_PEERCRED");
+        close(cfd);
+        return;
+    }
+    struct client *cl = xcalloc(1, sizeof(*cl));
+    cl->ctl = ctl;
+    cl->fd = cfd;
+    cl->uid = cred.uid;
+    struct passwd pw, *res = NULL;
+    char buf[1024];
+    if (getpwuid_r(cred.uid, &pw, buf, sizeof(buf), &res) == 0 && res)
+        snprintf(cl->user, sizeof(cl->user), "%s", pw.pw_name);
+    else
+        snprintf(cl->user, sizeof(cl->user), "uid%u", (unsigned)cred.uid);
+    cl->role = role_of(ctl->cfg, cred.uid, cl->user);
+    cl->watch = loop_add_fd(ctl->loop, cfd, EPOLLIN, client_readable, cl);
+    if (cl->watch < 0) {
+        close(cfd);
+        free(cl);
+        return;
+    }
+    cl->next = ctl->clients;
+    ctl->clients = cl;
+}
+
+static void client_close(struct client *cl)
+{
+    struct control *ctl = cl->ctl;
+    if (ctl->enrol.client == cl)
+        enrol_finish(ctl);
+    for (struct client **p = &ctl->clients; *p; p = &(*p)->next) {
+        if (*p == cl) {
+            *p = cl->next;
+            break;
+        }
+    }
+    loop_remove(ctl->loop, cl->watch);
+    close(cl->fd);
+    free(cl->out);
+    free(cl);
+}
+
+/* New events go to every `events --follow` client. */
+static void on_event(int64_t seq, void *arg)
+{
+    struct control *ctl = arg;
+    (void)seq;
+    for (struct client *cl = ctl->clients; cl; cl = cl->next) {
+        if (!cl->follow || cl->dead)
+            continue;
+        json_t *events = store_events_json(ctl->store, cl->follow_seq, EVENTS_PAGE);
+        size_t i;
+        json_t *ev;
+        json_array_foreach(events, i, ev)
+        {
+            json_t *line = json_pack("{s:O}", "event", ev);
+            client_send_line(cl, line);
+            json_decref(line);
+            cl->follow_seq = json_integer_value(json_object_get(ev, "seq"));
+        }
+        json_decref(events);
+    }
+    /* Clients that died while being written to are closed outside the loop above. */
+    struct client *cl = ctl->clients;
+    while (cl) {
+        struct client *next = cl->next;
+        if (cl->dead)
+            client_close(cl);
+        cl = next;
+    }
+}
+
+struct control *control_new(const struct config *cfg, struct loop *loop, struct station *st,
+                            struct store *store, char *err, size_t errlen)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(cfg->socket_path) >= sizeof(addr.sun_path)) {
+        snprintf(err, errlen, "socket path too long: %s", cfg->socket_path);
+        return NULL;
+    }
+    memcpy(addr.sun_path, cfg->socket_path, strlen(cfg->socket_path) + 1);
+
+    struct control *ctl = xcalloc(1, sizeof(*ctl));
+    ctl->cfg = cfg;
+    ctl->loop = loop;
+    ctl->st = st;
+    ctl->store = store;
+    ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (ctl->fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        goto err_free;
+    }
+    /* A socket file that nobody answers on is left over from a crash. */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (probe >= 0 && connect(probe, (struct sockaddr *)&addr, sizeof(addr)) == 0) {
+        close(probe);
+        snprintf(err, errlen, "another lockerd is running on %s", cfg->socket_path);
+        goto err_close;
+    }
+    if (probe >= 0)
+        close(probe);
+    unlink(cfg->socket_path);
+
+    mode_t old = umask(0117);
+    int rc = bind(ctl->fd, (struct sockaddr *)&addr, sizeof(addr));
+    umask(old);
+    if (rc < 0) {
+        snprintf(err, errlen, "bind %s: %s", cfg->socket_path, strerror(errno));
+        goto err_close;
+    }
+    ctl->unlink_on_free = true;
+    if (chmod(cfg->socket_path, 0660) < 0)
+        log_warn("chmod %s", cfg->socket_path);
+    struct group *gr = getgrnam(cfg->socket_group);
+    if (gr && chown(cfg->socket_path, (uid_t)-1, gr->gr_gid) < 0)
+        log_warn("chown %s to group %s", cfg->socket_path, cfg->socket_group);
+    if (!gr)
+        log_debug("group %s does not exist; control socket keeps the daemon's group",
+                  cfg->socket_group);
+    if (listen(ctl->fd, 16) < 0) {
+        snprintf(err, errlen, "listen: %s", strerror(errno));
+        goto err_unlink;
+    }
+    ctl->watch = loop_add_fd(loop, ctl->fd, EPOLLIN, on_accept, ctl);
+    if (ctl->watch < 0) {
+        snprintf(err, errlen, "cannot watch control socket: %s", strerror(-ctl->watch));
+        goto err_unlink;
+    }
+    station_set_event_listener(st, on_event, ctl);
+    return ctl;
+
+err_unlink:
+    unlink(cfg->socket_path);
+err_close:
+    close(ctl->fd);
+err_free:
+    free(ctl);
+    return NULL;
+}
+
+void control_free(struct control *ctl)
+{
+    if (!ctl)
+        return;
+    station_set_event_listener(ctl->st, NULL, NULL);
+    while (ctl->clients)
+        client_close(ctl->clients);
+    loop_remove(ctl->loop, ctl->watch);
+    close(ctl->fd);
+    if (ctl->unlink_on_free)
+        unlink(ctl->cfg->socket_path);
+    free(ctl);
+}
+
+void control_reconfigure(struct control *ctl, const struct config *cfg)
+{
+    ctl->cfg = cfg;
+}

@@ -1,0 +1,258 @@
+/*
+ * main.c - lockerd: start-up, signals, reload and shutdown.
+ *
+ * Modules are initialised in dependency order and torn down in reverse:
+ *   config -> time zone -> directories -> site key -> store -> loop -> station
+ *   (drives every lock inactive) -> control socket -> station_start (rebuild from
+ *   sensors) -> run.
+ * Start-up failures are fatal with a message; after READY nothing may exit the
+ * process except SIGTERM/SIGINT.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
+
+#include "daemon/clock.h"
+#include "daemon/config.h"
+#include "daemon/control.h"
+#include "daemon/log.h"
+#include "daemon/loop.h"
+#include "daemon/station.h"
+#include "daemon/store.h"
+#include "daemon/timeutil.h"
+
+#define DEFAULT_CONFIG "/etc/lockerd/lockerd.conf"
+#define SITE_KEY_LEN 32
+
+struct daemon {
+    char config_path[PATH_MAX];
+    struct config *cfg;
+    struct store *store;
+    struct loop *loop;
+    struct station *station;
+    struct control *control;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: lockerd [-c CONFIG] [-n] [-d] [-V]\n"
+                 "  -c CONFIG  configuration file (default " DEFAULT_CONFIG ")\n"
+                 "  -n         check the configuration, print it normalised, exit 0 or 1\n"
+                 "  -d         debug logging\n"
+                 "  -V         print the version\n");
+}
+
+static void make_dir(const char *path, mode_t mode)
+{
+    if (mkdir(path, mode) < 0 && errno != EEXIST)
+        fatal("cannot create %s", path);
+}
+
+/* The site key turns card UIDs into credential ids. It is created once per site
+ * (provisioning installs the city's key; a stand-alone station makes its own) and
+ * must never be readable by anyone but lockerd. */
+static size_t load_site_key(const char *path, uint8_t *key, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        uint8_t fresh[SITE_KEY_LEN];
+        if (RAND_bytes(fresh, sizeof(fresh)) != 1)
+            fatalx("cannot generate a site key");
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0)
+            fatal("cannot create site key %s", path);
+        if (write(fd, fresh, sizeof(fresh)) != (ssize_t)sizeof(fresh) || fsync(fd) < 0)
+            fatal("cannot write site key %s", path);
+        close(fd);
+        OPENSSL_cleanse(fresh, sizeof(fresh));
+        log_notice("created a new site key in %s", path);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0)
+        fatal("cannot open site key %s", path);
+    struct stat sb;
+    if (fstat(fd, &sb) == 0 && (sb.st_mode & 0077))
+        log_warnx("site key %s is readable by others (mode %o): chmod 600 it", path,
+                  (unsigned)(sb.st_mode & 0777));
+    ssize_t n = read(fd, key, max);
+    close(fd);
+    if (n < 16)
+        fatalx("site key %s is too short (at least 16 bytes)", path);
+    return (size_t)n;
+}
+
+/* Hardware settings cannot change while lines are requested: keep the running
+ * ones and say so. */
+static bool hardware_changed(const struct config *a, const struct config *b)
+{
+    if (a->gpio_backend != b->gpio_backend || a->reader_backend != b->reader_backend ||
+        a->n_compartments != b->n_compartments || strcmp(a->state_dir, b->state_dir) != 0 ||
+        strcmp(a->socket_path, b->socket_path) != 0 ||
+        memcmp(&a->tamper, &b->tamper, sizeof(a->tamper)) != 0 || a->sim_clock != b->sim_clock)
+        return true;
+    for (int i = 0; i < a->n_compartments; i++) {
+        const struct compartment_cfg *x = &a->compartments[i], *y = &b->compartments[i];
+        if (x->number != y->number || memcmp(&x->lock, &y->lock, sizeof(x->lock)) != 0 ||
+            memcmp(&x->door, &y->door, sizeof(x->door)) != 0 ||
+            memcmp(&x->key, &y->key, sizeof(x->key)) != 0)
+            return true;
+    }
+    return false;
+}
+
+static void on_reload(int signo, void *arg)
+{
+    struct daemon *d = arg;
+    char err[512];
+    (void)signo;
+
+    sd_notify(0, "RELOADING=1");
+    struct config *next = xcalloc(1, sizeof(*next));
+    if (!config_load(d->config_path, next, err, sizeof(err))) {
+        log_errx("reload failed, keeping the running configuration: %s", err);
+        free(next);
+        sd_notify(0, "READY=1");
+        return;
+    }
+    if (hardware_changed(d->cfg, next)) {
+        log_warnx("reload: hardware settings changed; restart lockerd to apply them");
+        free(next);
+        sd_notify(0, "READY=1");
+        return;
+    }
+    if (strcmp(next->timezone, d->cfg->timezone) != 0 && !tz_set(next->timezone))
+        log_errx("reload: cannot use time zone %s", next->timezone);
+    log_set_level(next->log_level);
+    station_reconfigure(d->station, next);
+    control_reconfigure(d->control, next);
+    free(d->cfg);
+    d->cfg = next;
+    log_notice("configuration reloaded from %s", d->config_path);
+    sd_notify(0, "READY=1");
+}
+
+static void on_terminate(int signo, void *arg)
+{
+    struct daemon *d = arg;
+    log_notice("received %s, shutting down", strsignal(signo));
+    sd_notify(0, "STOPPING=1");
+    loop_quit(d->loop, 0);
+}
+
+int main(int argc, char **argv)
+{
+    struct daemon d;
+    const char *config_path = DEFAULT_CONFIG;
+    bool check_only = false, debug = false;
+    char err[512];
+    int opt;
+
+    memset(&d, 0, sizeof(d));
+    log_init("lockerd", LOG_LVL_INFO);
+    while ((opt = getopt(argc, argv, "c:ndVh")) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'n':
+            check_only = true;
+            break;
+        case 'd':
+            debug = true;
+            break;
+        case 'V':
+            printf("lockerd %s\n", LOCKERD_VERSION);
+            return 0;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 1;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 1;
+    }
+
+    snprintf(d.config_path, sizeof(d.config_path), "%s", config_path);
+    d.cfg = xcalloc(1, sizeof(*d.cfg));
+    if (!config_load(config_path, d.cfg, err, sizeof(err))) {
+        log_errx("%s", err);
+        free(d.cfg);
+        return 1;
+    }
+    if (check_only) {
+        config_print(d.cfg, stdout);
+        free(d.cfg);
+        return 0;
+    }
+    log_set_level(debug ? LOG_LVL_DEBUG : d.cfg->log_level);
+    if (!tz_set(d.cfg->timezone))
+        fatalx("unknown time zone %s", d.cfg->timezone);
+    clock_sim_enable(d.cfg->sim_clock);
+    signal(SIGPIPE, SIG_IGN);
+
+    make_dir(d.cfg->state_dir, 0750);
+    make_dir(d.cfg->runtime_dir, 0750);
+    uint8_t site_key[64];
+    size_t site_key_len = load_site_key(d.cfg->site_key_file, site_key, sizeof(site_key));
+
+    char db_path[PATH_MAX + 16];
+    snprintf(db_path, sizeof(db_path), "%s/lockerd.db", d.cfg->state_dir);
+    d.store = store_open(db_path, err, sizeof(err));
+    if (!d.store)
+        fatalx("database %s: %s", db_path, err);
+
+    d.loop = loop_new();
+    if (!d.loop)
+        fatal("cannot create the event loop");
+    if (loop_add_signal(d.loop, SIGTERM, on_terminate, &d) < 0 ||
+        loop_add_signal(d.loop, SIGINT, on_terminate, &d) < 0 ||
+        loop_add_signal(d.loop, SIGHUP, on_reload, &d) < 0)
+        fatalx("cannot watch signals");
+
+    d.station = station_new(d.cfg, d.store, d.loop, site_key, site_key_len, err, sizeof(err));
+    OPENSSL_cleanse(site_key, sizeof(site_key));
+    if (!d.station)
+        fatalx("%s", err);
+    d.control = control_new(d.cfg, d.loop, d.station, d.store, err, sizeof(err));
+    if (!d.control) {
+        station_free(d.station);
+        fatalx("%s", err);
+    }
+    if (station_start(d.station) != 0) {
+        control_free(d.control);
+        station_free(d.station);
+        fatalx("cannot record the start in the database");
+    }
+
+    log_notice("station %s ready: %d compartments, gpio %s, reader %s, control %s",
+               d.cfg->station_id, d.cfg->n_compartments,
+               d.cfg->gpio_backend == GPIO_BACKEND_SIM ? "sim" : "gpiod",
+               d.cfg->reader_backend == READER_BACKEND_SIM ? "sim" : "libnfc",
+               d.cfg->socket_path);
+    sd_notify(0, "READY=1");
+
+    int status = loop_run(d.loop);
+
+    station_mark_clean_shutdown(d.station);
+    control_free(d.control);
+    station_free(d.station); /* every lock line inactive */
+    store_close(d.store);
+    loop_free(d.loop);
+    free(d.cfg);
+    log_notice("stopped");
+    return status < 0 ? 1 : status;
+}

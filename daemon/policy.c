@@ -1,0 +1,245 @@
+/*
+ * policy.c - who may take or return which key now.
+ *
+ * Order of checks, so that the most useful reason wins:
+ *   card security -> credential known -> a key this member (or club) holds is
+ *   returned -> revoked -> validity dates -> data age -> a booking now -> its
+ *   compartment.
+ * Returns come first: a trainer bringing the key back must never be refused
+ * because the slot is over or the card has lapsed meanwhile.
+ */
+#include "daemon/policy.h"
+
+#include <string.h>
+
+#include "daemon/log.h"
+
+#define MAX_CLUBS 16
+#define MAX_CANDIDATES 32
+#define DAY_MS (24LL * 3600 * 1000)
+
+const char *refusal_code(enum refusal r)
+{
+    switch (r) {
+    case REFUSE_NONE:
+        return "none";
+    case REFUSE_INSECURE_CARD:
+        return "insecure_card";
+    case REFUSE_UNKNOWN_CARD:
+        return "unknown_card";
+    case REFUSE_REVOKED:
+        return "revoked";
+    case REFUSE_EXPIRED:
+        return "expired";
+    case REFUSE_DATA_TOO_OLD:
+        return "offline_data_too_old";
+    case REFUSE_NO_BOOKING:
+        return "no_booking";
+    case REFUSE_OUTSIDE_WINDOW:
+        return "outside_pickup_window";
+    case REFUSE_KEY_ALREADY_OUT:
+        return "key_already_out";
+    case REFUSE_OUT_OF_SERVICE:
+        return "out_of_service";
+    case REFUSE_BUSY:
+        return "compartment_busy";
+    case REFUSE_INTERNAL:
+        return "internal_error";
+    }
+    return "unknown";
+}
+
+bool policy_may_service_open(enum member_role role)
+{
+    switch (role) {
+    case ROLE_MEMBER:
+        return false;
+    case ROLE_MANAGER:
+    case ROLE_TECHNICIAN:
+        return true;
+    }
+    return false;
+}
+
+static void refuse(struct decision *d, enum refusal r)
+{
+    d->action = POLICY_REFUSE;
+    d->reason = r;
+}
+
+/* City data is trusted only while it is fresh: an offline station must not keep
+ * honouring a card the city revoked days ago. Local data has no age. */
+static bool stale(const char *source, int64_t synced_at_ms, const struct config *cfg, int64_t now)
+{
+    return strcmp(source, "city") == 0 && now - synced_at_ms > cfg->offline_max_age_ms;
+}
+
+static bool in_list(const char *id, char list[][STORE_ID_LEN], int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (strcmp(list[i], id) == 0)
+            return true;
+    }
+    return false;
+}
+
+static const struct comp_view *find_comp(const struct comp_view *comps, int n, int number)
+{
+    for (int i = 0; i < n; i++) {
+        if (comps[i].number == number)
+            return &comps[i];
+    }
+    return NULL;
+}
+
+/* A key is returned by the member who holds it or by another member of the club it
+ * was taken for (a co-trainer). */
+static const struct comp_view *held_key(const struct comp_view *comps, int n, const char *member,
+                                        char clubs[][STORE_ID_LEN], int nclubs)
+{
+    for (int i = 0; i < n; i++) {
+        const struct comp_view *c = &comps[i];
+        if (c->key_present || c->holder_member[0] == '\0')
+            continue;
+        if (strcmp(c->holder_member, member) == 0 || in_list(c->holder_club, clubs, nclubs))
+            return c;
+    }
+    return NULL;
+}
+
+static void decide_pickup(const struct config *cfg, struct store *store, char clubs[][STORE_ID_LEN],
+                          int nclubs, const struct comp_view *comps, int ncomps, int64_t now,
+                          struct decision *d)
+{
+    struct booking cand[MAX_CANDIDATES];
+    /* Bookings that have not ended and start within the next week: the ones that
+     * can be picked up now, and the next one for the refusal message. */
+    int n = store_bookings_for_clubs(store, clubs, nclubs, now, now + 7 * DAY_MS, cand,
+                                     MAX_CANDIDATES);
+    if (n < 0) {
+        refuse(d, REFUSE_INTERNAL);
+        return;
+    }
+
+    enum refusal best = REFUSE_NO_BOOKING;
+    for (int i = 0; i < n; i++) {
+        const struct booking *b = &cand[i];
+        int64_t opens = b->start_ms - cfg->pickup_window_ms;
+        int64_t closes = b->start_ms + cfg->late_tolerance_ms;
+        if (closes > b->end_ms)
+            closes = b->end_ms;
+
+        if (now < opens || now >= closes) {
+            if (d->next_start_ms == 0 && b->start_ms > now)
+                d->next_start_ms = b->start_ms;
+            /* Too early today or too late for this slot: tell the trainer so,
+             * rather than "no booking". */
+            if (best == REFUSE_NO_BOOKING && b->start_ms - now < DAY_MS) {
+                best = REFUSE_OUTSIDE_WINDOW;
+                d->compartment = b->compartment;
+            }
+            continue;
+        }
+        const struct comp_view *c = find_comp(comps, ncomps, b->compartment);
+        enum refusal why = REFUSE_NONE;
+        if (!c || c->out_of_service)
+            why = REFUSE_OUT_OF_SERVICE;
+        else if (c->busy)
+            why = REFUSE_BUSY;
+        else if (!c->key_present)
+            why = REFUSE_KEY_ALREADY_OUT;
+        else if (stale(b->source, b->synced_at_ms, cfg, now))
+            why = REFUSE_DATA_TOO_OLD;
+
+        if (why == REFUSE_NONE) {
+            d->action = POLICY_PICKUP;
+            d->reason = REFUSE_NONE;
+            d->compartment = b->compartment;
+            d->have_booking = true;
+            d->booking = *b;
+            snprintf(d->club_id, sizeof(d->club_id), "%s", b->club_id);
+            return;
+        }
+        /* A bookable slot whose compartment cannot serve it explains the refusal
+         * better than a slot later in the day. */
+        if (best == REFUSE_NO_BOOKING || best == REFUSE_OUTSIDE_WINDOW) {
+            best = why;
+            d->compartment = b->compartment;
+        }
+    }
+    refuse(d, best);
+}
+
+void policy_decide(const struct config *cfg, struct store *store, const uint8_t uid_hmac[32],
+                   const struct card_read *card, const struct comp_view *comps, int ncomps,
+                   int64_t now, struct decision *d)
+{
+    memset(d, 0, sizeof(*d));
+    d->action = POLICY_REFUSE;
+
+    bool secure = card->kind == CARD_KIND_DESFIRE && card->authenticated;
+    if (cfg->auth == CARD_AUTH_DESFIRE && !secure) {
+        refuse(d, REFUSE_INSECURE_CARD);
+        return;
+    }
+
+    int rc = store_credential_by_hmac(store, uid_hmac, &d->credential);
+    if (rc == STORE_NOTFOUND) {
+        refuse(d, REFUSE_UNKNOWN_CARD);
+        return;
+    }
+    if (rc != STORE_OK) {
+        refuse(d, REFUSE_INTERNAL);
+        return;
+    }
+    rc = store_member_get(store, d->credential.member_id, &d->member);
+    if (rc != STORE_OK) {
+        refuse(d, rc == STORE_NOTFOUND ? REFUSE_UNKNOWN_CARD : REFUSE_INTERNAL);
+        return;
+    }
+    d->have_credential = true;
+
+    char clubs[MAX_CLUBS][STORE_ID_LEN];
+    int nclubs = store_member_clubs(store, d->member.id, clubs, MAX_CLUBS);
+    if (nclubs < 0) {
+        refuse(d, REFUSE_INTERNAL);
+        return;
+    }
+
+    /* Bringing a key back is always welcome, even on a card that has since been
+     * revoked or has expired: the compartment it opens is the empty one. */
+    const struct comp_view *held = held_key(comps, ncomps, d->member.id, clubs, nclubs);
+    if (held) {
+        d->compartment = held->number;
+        snprintf(d->club_id, sizeof(d->club_id), "%s", held->holder_club);
+        if (held->out_of_service) {
+            refuse(d, REFUSE_OUT_OF_SERVICE);
+        } else if (held->busy) {
+            refuse(d, REFUSE_BUSY);
+        } else {
+            d->action = POLICY_RETURN;
+            d->reason = REFUSE_NONE;
+        }
+        return;
+    }
+
+    const struct credential *cr = &d->credential;
+    if (cr->status == CRED_REVOKED) {
+        refuse(d, REFUSE_REVOKED);
+        return;
+    }
+    if ((cr->valid_from_ms && now < cr->valid_from_ms) ||
+        (cr->valid_until_ms && now >= cr->valid_until_ms)) {
+        refuse(d, REFUSE_EXPIRED);
+        return;
+    }
+    if (stale(cr->source, cr->synced_at_ms, cfg, now)) {
+        refuse(d, REFUSE_DATA_TOO_OLD);
+        return;
+    }
+    if (nclubs == 0) {
+        refuse(d, REFUSE_NO_BOOKING);
+        return;
+    }
+    decide_pickup(cfg, store, clubs, nclubs, comps, ncomps, now, d);
+}

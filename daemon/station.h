@@ -1,0 +1,120 @@
+/*
+ * station.h - the station engine: one state machine per compartment.
+ *
+ * The station owns the GPIO and reader devices, turns their events into state
+ * machine events, asks the policy about taps, and writes every decision to the
+ * store before it acts on the hardware (log before act). All transitions go through
+ * one function that logs "compartment N: old -> new".
+ *
+ * Error convention: int functions return 0 or a negative STATION_E* code; the
+ * caller turns it into a message with station_strerror().
+ */
+#ifndef LOCKERD_STATION_H
+#define LOCKERD_STATION_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "daemon/config.h"
+#include "daemon/loop.h"
+#include "daemon/policy.h"
+#include "daemon/store.h"
+#include "hal/hal.h"
+
+#define STATION_EINVAL (-1)   /* no such compartment, bad argument */
+#define STATION_EBUSY (-2)    /* compartment is unlocking or open */
+#define STATION_ESTORE (-3)   /* the event could not be committed: nothing was done */
+#define STATION_EHW (-4)      /* hardware call failed */
+#define STATION_ENOTSIM (-5)  /* a sim command on real hardware */
+#define STATION_ESTATE (-6)   /* not possible in the current state */
+
+const char *station_strerror(int err);
+
+enum comp_state {
+    CS_LOCKED_FULL,    /* door closed, lock off, key in */
+    CS_LOCKED_EMPTY,   /* door closed, lock off, key out */
+    CS_UNLOCKING,      /* coil energised, waiting for the door (purpose says why) */
+    CS_OPEN_PICKUP,    /* door open for a pickup */
+    CS_OPEN_RETURN,    /* door open for a return */
+    CS_OPEN_SERVICE,   /* door open for a service open */
+    CS_HELD_OPEN,      /* open longer than door_open_alarm (purpose kept) */
+    CS_FORCED_OPEN,    /* door opened while locked */
+    CS_SENSOR_FAULT,   /* a sensor contradicted itself: out of service until cleared */
+    CS_OUT_OF_SERVICE, /* taken out of service by a technician */
+};
+#define CS_COUNT (CS_OUT_OF_SERVICE + 1)
+
+const char *comp_state_name(enum comp_state st);
+
+struct station;
+
+/* Called after every event is committed (for `lockerctl events --follow`). */
+typedef void (*station_event_cb)(int64_t seq, void *arg);
+/* Called with the outcome of every tap (for enrolment and, later, the kiosk). */
+typedef void (*station_tap_cb)(const struct decision *d, const uint8_t uid_hmac[32],
+                               const struct card_read *card, void *arg);
+
+/* Opens the hardware backends chosen by cfg, requests all lines, drives every lock
+ * inactive and registers the device fds on loop. site_key is copied. Returns NULL
+ * with a message in err. The station keeps pointers to cfg, store and loop: they
+ * must outlive it. */
+struct station *station_new(const struct config *cfg, struct store *store, struct loop *loop,
+                            const uint8_t *site_key, size_t site_key_len, char *err,
+                            size_t errlen);
+/* Drives every lock inactive, closes the devices and frees. Accepts NULL. */
+void station_free(struct station *st);
+/* Rebuilds each compartment from its sensors and stored intent and logs
+ * station.started (and station.uncleanShutdown when the last run did not end
+ * cleanly). Returns 0 or STATION_ESTORE. */
+int station_start(struct station *st);
+/* Marks the shutdown clean in the store (call just before station_free on SIGTERM). */
+void station_mark_clean_shutdown(struct station *st);
+/* Takes over timings and policy from a reloaded config. The caller guarantees that
+ * the hardware settings (backends, lines, compartments, state_dir) are unchanged:
+ * those need a restart. cfg replaces the pointer given to station_new and must stay
+ * valid. */
+void station_reconfigure(struct station *st, const struct config *cfg);
+
+void station_set_event_listener(struct station *st, station_event_cb cb, void *arg);
+/* When a tap callback is set, the next taps go to it instead of the policy
+ * (card enrolment); pass NULL to return to normal operation. */
+void station_set_tap_hook(struct station *st, station_tap_cb cb, void *arg);
+
+/* A card tap (called by the reader callback; public for tests). */
+void station_card(struct station *st, const struct card_read *card);
+/* HMAC-SHA256(site key, uid). */
+void station_uid_hmac(const struct station *st, const uint8_t *uid, size_t len,
+                      uint8_t out[32]);
+
+/* Service open by an operator (role checked by the caller): logs service.open and
+ * unlocks. */
+int station_service_open(struct station *st, int n, const char *operator_name,
+                         const char *reason);
+/* Clears a sensor fault or manual out-of-service and rebuilds from the sensors. */
+int station_clear(struct station *st, int n, const char *operator_name, const char *reason);
+/* Takes a compartment out of service (technician). */
+int station_disable(struct station *st, int n, const char *operator_name, const char *reason);
+
+/* Current state, for status output. New reference. */
+json_t *station_status_json(struct station *st);
+enum comp_state station_comp_state(const struct station *st, int n);
+
+/* Simulation controls (STATION_ENOTSIM on real hardware). */
+int station_sim_tap(struct station *st, const uint8_t *uid, size_t len, enum card_kind kind);
+int station_sim_remove(struct station *st);
+int station_sim_door(struct station *st, int n, bool open);
+int station_sim_key(struct station *st, int n, bool present);
+int station_sim_tamper(struct station *st, bool active);
+char *station_sim_outputs(struct station *st); /* malloc'd JSON text */
+int station_sim_clock_advance(struct station *st, int64_t ms);
+
+/* Outcome of the most recent tap (policy decision and, for a grant, the unlock
+ * result). */
+const struct decision *station_last_tap(const struct station *st, int *unlock_rc);
+
+/* Runs daily housekeeping now (retention pruning). Returns pruned count or -1. */
+int64_t station_housekeeping(struct station *st);
+
+#endif

@@ -1,0 +1,910 @@
+/*
+ * lockerctl - the technician's and manager's command line for lockerd.
+ *
+ * Talks to lockerd over its control socket (one JSON request line, one JSON reply
+ * line). Commands are a table; `lockerctl --help` is generated from it.
+ *
+ * Exit status: 0 success; 1 lockerd refused or the command failed (the reason is
+ * printed); 2 usage error; 3 lockerd cannot be reached; 4 `events --verify` found
+ * the hash chain broken.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "daemon/log.h"
+#include "daemon/timeutil.h"
+
+#define EXIT_REFUSED 1
+#define EXIT_USAGE 2
+#define EXIT_UNREACHABLE 3
+#define EXIT_VERIFY 4
+#define DEFAULT_SOCKET "/run/lockerd/control.sock"
+
+struct ctl {
+    const char *socket_path;
+    bool json;
+    int fd;
+    FILE *in;
+};
+
+struct cmd {
+    const char *group; /* first word */
+    const char *name;  /* second word, or NULL for one-word commands */
+    const char *usage;
+    const char *help;
+    int (*fn)(struct ctl *ctl, int argc, char **argv);
+};
+
+static const struct cmd commands[];
+
+/* ------------------------------------------------------------ transport */
+
+static int ctl_connect(struct ctl *ctl)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    if (strlen(ctl->socket_path) >= sizeof(addr.sun_path)) {
+        fprintf(stderr, "lockerctl: socket path too long\n");
+        return -1;
+    }
+    strcpy(addr.sun_path, ctl->socket_path);
+    ctl->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (ctl->fd < 0 || connect(ctl->fd, (struct sockaddr *)&addr, sizeof(addr)) < 0) {
+        fprintf(stderr, "lockerctl: cannot reach lockerd at %s: %s\n", ctl->socket_path,
+                strerror(errno));
+        if (errno == EACCES)
+            fprintf(stderr, "lockerctl: are you in the group lockerd-admin?\n");
+        return -1;
+    }
+    ctl->in = fdopen(ctl->fd, "r");
+    return ctl->in ? 0 : -1;
+}
+
+/* Sends one request; returns the reply object (new reference) or NULL. */
+static json_t *ctl_request(struct ctl *ctl, const char *cmd, json_t *args)
+{
+    if (!ctl->in && ctl_connect(ctl) < 0) {
+        json_decref(args);
+        return NULL;
+    }
+    json_t *req = json_pack("{s:s,s:o}", "cmd", cmd, "args", args ? args : json_object());
+    char *line = json_dumps(req, JSON_COMPACT);
+    json_decref(req);
+    size_t len = strlen(line);
+    line[len] = '\n'; /* json_dumps leaves room: replace the NUL, send len + 1 */
+    ssize_t n = send(ctl->fd, line, len + 1, MSG_NOSIGNAL);
+    free(line);
+    if (n != (ssize_t)(len + 1)) {
+        fprintf(stderr, "lockerctl: lost the connection to lockerd\n");
+        return NULL;
+    }
+    return NULL == ctl->in ? NULL : json_loadf(ctl->in, JSON_DISABLE_EOF_CHECK, NULL);
+}
+
+/* Prints an error reply. Returns the exit status for it. */
+static int print_error(json_t *reply)
+{
+    json_t *e = json_object_get(reply, "error");
+    fprintf(stderr, "lockerctl: %s (%s)\n", json_string_value(json_object_get(e, "message")),
+            json_string_value(json_object_get(e, "code")));
+    return EXIT_REFUSED;
+}
+
+/* Runs a request; on success stores the result (borrowed from *reply). */
+static int call(struct ctl *ctl, const char *cmd, json_t *args, json_t **reply, json_t **result)
+{
+    *reply = ctl_request(ctl, cmd, args);
+    if (!*reply)
+        return EXIT_UNREACHABLE;
+    if (!json_is_true(json_object_get(*reply, "ok"))) {
+        int rc = print_error(*reply);
+        if (ctl->json) {
+            json_dumpf(*reply, stdout, JSON_INDENT(2));
+            putchar('\n');
+        }
+        return rc;
+    }
+    *result = json_object_get(*reply, "result");
+    return 0;
+}
+
+static void print_json(json_t *v)
+{
+    json_dumpf(v, stdout, JSON_INDENT(2));
+    putchar('\n');
+}
+
+/* Generic command: request, then print the result as JSON or with fmt. */
+static int simple(struct ctl *ctl, const char *cmd, json_t *args, void (*fmt)(json_t *result))
+{
+    json_t *reply, *result;
+    int rc = call(ctl, cmd, args, &reply, &result);
+    if (rc == 0) {
+        if (ctl->json || !fmt)
+            print_json(result);
+        else
+            fmt(result);
+    }
+    json_decref(reply);
+    return rc;
+}
+
+static void print_id(json_t *r)
+{
+    printf("%s\n", json_string_value(json_object_get(r, "id")));
+}
+
+/* ------------------------------------------------------------ argument parsing */
+
+static __attribute__((format(printf, 1, 2))) int usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "lockerctl: ");
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nlockerctl: see 'lockerctl --help'\n");
+    return EXIT_USAGE;
+}
+
+/* Finds "--name VALUE" in argv; NULL if absent. *bad is set for "--name" without a
+ * value. */
+static const char *opt_value(int argc, char **argv, const char *name, bool *bad)
+{
+    const char *found = NULL;
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], name) == 0) {
+            if (i + 1 >= argc) {
+                *bad = true;
+                return NULL;
+            }
+            found = argv[++i];
+        }
+    }
+    return found;
+}
+
+static bool opt_flag(int argc, char **argv, const char *name)
+{
+    for (int i = 0; i < argc; i++) {
+        if (strcmp(argv[i], name) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Positional words (not options and not option values). known lists the options
+ * that take a value. Returns the count, or -1 for an unknown option (named in *bad). */
+static int positionals(int argc, char **argv, const char *const *valued, const char *const *flags,
+                       char **out, int max, const char **bad)
+{
+    int n = 0;
+    for (int i = 0; i < argc; i++) {
+        if (strncmp(argv[i], "--", 2) == 0) {
+            bool ok = false;
+            for (int j = 0; valued && valued[j]; j++) {
+                if (strcmp(argv[i], valued[j]) == 0) {
+                    ok = true;
+                    i++;
+                }
+            }
+            for (int j = 0; flags && flags[j]; j++)
+                ok = ok || strcmp(argv[i], flags[j]) == 0;
+            if (!ok) {
+                *bad = argv[i];
+                return -1;
+            }
+            continue;
+        }
+        if (n == max) {
+            *bad = argv[i];
+            return -2;
+        }
+        out[n++] = argv[i];
+    }
+    return n;
+}
+
+static bool parse_int(const char *s, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < min || v > max)
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Checks argv against the command's options; fills pos with exactly npos words. */
+static int expect(int argc, char **argv, const char *const *valued, const char *const *flags,
+                  char **pos, int npos)
+{
+    const char *bad = NULL;
+    int n = positionals(argc, argv, valued, flags, pos, npos, &bad);
+    if (n == -1)
+        return usage_error("unknown option %s", bad);
+    if (n == -2)
+        return usage_error("unexpected argument '%s'", bad);
+    if (n != npos)
+        return usage_error("%s", npos == 1 ? "missing argument" : "missing arguments");
+    bool missing = false;
+    for (int j = 0; valued && valued[j]; j++)
+        opt_value(argc, argv, valued[j], &missing);
+    if (missing)
+        return usage_error("%s", "an option is missing its value");
+    return 0;
+}
+
+/* ------------------------------------------------------------ status */
+
+static void print_status(json_t *r)
+{
+    json_t *st = json_object_get(r, "station");
+    printf("station %s (%s)  %s  clock %s  gpio %s  reader %s\n",
+           json_string_value(json_object_get(st, "id")),
+           json_string_value(json_object_get(st, "name")),
+           json_string_value(json_object_get(st, "time")),
+           json_is_true(json_object_get(st, "clockSynced")) ? "synced" : "NOT synced",
+           json_string_value(json_object_get(st, "gpio")),
+           json_string_value(json_object_get(st, "reader")));
+    printf("\n  #  %-15s %-7s %-4s %-10s %s\n", "state", "door", "key", "lock", "holder");
+    size_t i;
+    json_t *c;
+    json_array_foreach(json_object_get(r, "compartments"), i, c)
+    {
+        json_t *h = json_object_get(c, "holder");
+        char holder[200] = "";
+        if (h)
+            snprintf(holder, sizeof(holder), "%s (%s) since %s",
+                     json_string_value(json_object_get(h, "member")),
+                     json_string_value(json_object_get(h, "club")),
+                     json_string_value(json_object_get(c, "since")));
+        printf("%3lld  %-15s %-7s %-4s %-10s %s\n",
+               (long long)json_integer_value(json_object_get(c, "number")),
+               json_string_value(json_object_get(c, "state")),
+               json_string_value(json_object_get(c, "door")),
+               json_string_value(json_object_get(c, "key")),
+               json_string_value(json_object_get(c, "lock")), holder);
+    }
+    json_t *alarms = json_object_get(r, "alarms");
+    printf("\nalarms: %s", json_array_size(alarms) ? "" : "none");
+    json_array_foreach(alarms, i, c)
+    {
+        json_t *n = json_object_get(c, "compartment");
+        if (n)
+            printf("%s%s (compartment %lld)", i ? ", " : "",
+                   json_string_value(json_object_get(c, "type")), (long long)json_integer_value(n));
+        else
+            printf("%s%s", i ? ", " : "", json_string_value(json_object_get(c, "type")));
+    }
+    json_t *sync = json_object_get(r, "sync");
+    printf("\nsync: %s, outbox %lld\n", json_string_value(json_object_get(sync, "mode")),
+           (long long)json_integer_value(json_object_get(sync, "outboxDepth")));
+}
+
+static int cmd_status(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
+    return rc ? rc : simple(ctl, "status", NULL, print_status);
+}
+
+/* ------------------------------------------------------------ events */
+
+static void print_event(json_t *e)
+{
+    char when[40] = "?";
+    int64_t ms;
+    const char *at = json_string_value(json_object_get(e, "occurredAt"));
+    if (at && time_parse_iso(at, &ms))
+        time_format_local(ms, when, sizeof(when));
+    printf("%6lld  %s  %-22s", (long long)json_integer_value(json_object_get(e, "seq")), when,
+           json_string_value(json_object_get(e, "type")));
+    static const char *const fields[] = {"compartment", "member", "club", "booking",
+                                         "credential", "reason", "operator"};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        json_t *v = json_object_get(e, fields[i]);
+        if (json_is_integer(v))
+            printf(" %s=%lld", fields[i], (long long)json_integer_value(v));
+        else if (json_is_string(v))
+            printf(" %s=%s", fields[i], json_string_value(v));
+    }
+    if (!json_is_true(json_object_get(json_object_get(e, "clock"), "synced")))
+        printf(" (clock not synced)");
+    putchar('\n');
+}
+
+static int events_verify(struct ctl *ctl)
+{
+    json_t *reply, *r;
+    int rc = call(ctl, "events", json_pack("{s:b}", "verify", 1), &reply, &r);
+    if (rc)
+        return rc;
+    bool intact = json_is_true(json_object_get(r, "intact"));
+    if (ctl->json)
+        print_json(r);
+    else if (intact)
+        printf("event log intact: %lld events, last seq %lld\n",
+               (long long)json_integer_value(json_object_get(r, "events")),
+               (long long)json_integer_value(json_object_get(r, "lastSeq")));
+    else
+        printf("event log BROKEN at seq %lld: %s\n",
+               (long long)json_integer_value(json_object_get(r, "firstBadSeq")),
+               json_string_value(json_object_get(r, "reason")));
+    json_decref(reply);
+    return intact ? 0 : EXIT_VERIFY;
+}
+
+static int cmd_events(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--since", NULL};
+    static const char *const flags[] = {"--follow", "--verify", NULL};
+    int rc = expect(argc, argv, valued, flags, NULL, 0);
+    if (rc)
+        return rc;
+    if (opt_flag(argc, argv, "--verify"))
+        return events_verify(ctl);
+
+    bool bad = false, follow = opt_flag(argc, argv, "--follow");
+    long since = 0;
+    const char *s = opt_value(argc, argv, "--since", &bad);
+    if (s && !parse_int(s, 0, 0x7fffffffL, &since))
+        return usage_error("--since takes a sequence number, not '%s'", s);
+
+    /* Page through the log; the daemon answers at most 1000 events at a time. */
+    json_t *all = ctl->json && !follow ? json_array() : NULL;
+    for (;;) {
+        json_t *reply, *r;
+        bool more;
+        rc = call(ctl, "events", json_pack("{s:I}", "since", (json_int_t)since), &reply, &r);
+        if (rc) {
+            json_decref(all);
+            return rc;
+        }
+        size_t i;
+        json_t *e;
+        json_array_foreach(json_object_get(r, "events"), i, e)
+        {
+            if (all)
+                json_array_append(all, e);
+            else if (ctl->json) {
+                json_dumpf(e, stdout, JSON_COMPACT);
+                putchar('\n');
+            } else
+                print_event(e);
+            since = (long)json_integer_value(json_object_get(e, "seq"));
+        }
+        more = json_is_true(json_object_get(r, "more"));
+        json_decref(reply);
+        if (!more)
+            break;
+    }
+    if (all) {
+        print_json(all);
+        json_decref(all);
+    }
+    if (!follow)
+        return 0;
+
+    json_t *reply, *r;
+    rc = call(ctl, "events", json_pack("{s:I,s:b}", "since", (json_int_t)since, "follow", 1),
+              &reply, &r);
+    if (rc)
+        return rc;
+    json_decref(reply);
+    fflush(stdout);
+    json_t *line;
+    while ((line = json_loadf(ctl->in, JSON_DISABLE_EOF_CHECK, NULL))) {
+        json_t *e = json_object_get(line, "event");
+        if (e && ctl->json) {
+            json_dumpf(e, stdout, JSON_COMPACT);
+            putchar('\n');
+        } else if (e)
+            print_event(e);
+        json_decref(line);
+        fflush(stdout);
+    }
+    fprintf(stderr, "lockerctl: lockerd closed the connection\n");
+    return EXIT_UNREACHABLE;
+}
+
+/* ------------------------------------------------------------ bookings */
+
+static int cmd_booking_add(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--club", "--compartment", "--from", "--to", NULL};
+    int rc = expect(argc, argv, valued, NULL, NULL, 0);
+    if (rc)
+        return rc;
+    bool bad = false;
+    const char *club = opt_value(argc, argv, "--club", &bad);
+    const char *comp = opt_value(argc, argv, "--compartment", &bad);
+    const char *from = opt_value(argc, argv, "--from", &bad);
+    const char *to = opt_value(argc, argv, "--to", &bad);
+    long n;
+    if (!club || !comp || !from || !to)
+        return usage_error("%s", "booking add needs --club, --compartment, --from and --to");
+    if (!parse_int(comp, 1, 1000, &n))
+        return usage_error("--compartment takes a number, not '%s'", comp);
+    return simple(ctl, "booking.add",
+                  json_pack("{s:s,s:i,s:s,s:s}", "club", club, "compartment", (int)n, "from", from,
+                            "to", to),
+                  print_id);
+}
+
+static void print_bookings(json_t *r)
+{
+    size_t i;
+    json_t *b;
+    json_t *list = json_object_get(r, "bookings");
+    if (json_array_size(list) == 0) {
+        printf("no bookings\n");
+        return;
+    }
+    printf("%-12s %-14s %2s  %-25s %-25s %-9s %s\n", "id", "club", "#", "from", "to", "status",
+           "source");
+    json_array_foreach(list, i, b)
+    {
+        char from[40], to[40];
+        time_format_local(json_integer_value(json_object_get(b, "start")), from, sizeof(from));
+        time_format_local(json_integer_value(json_object_get(b, "end")), to, sizeof(to));
+        printf("%-12s %-14s %2lld  %-25s %-25s %-9s %s%s\n",
+               json_string_value(json_object_get(b, "id")),
+               json_string_value(json_object_get(b, "club")),
+               (long long)json_integer_value(json_object_get(b, "compartment")), from, to,
+               json_string_value(json_object_get(b, "status")),
+               json_string_value(json_object_get(b, "source")),
+               json_integer_value(json_object_get(b, "collected")) ? " (collected)" : "");
+    }
+}
+
+static int cmd_booking_list(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const flags[] = {"--all", NULL};
+    int rc = expect(argc, argv, NULL, flags, NULL, 0);
+    return rc ? rc
+              : simple(ctl, "booking.list", json_pack("{s:b}", "all", opt_flag(argc, argv, "--all")),
+                       print_bookings);
+}
+
+static int cmd_booking_cancel(struct ctl *ctl, int argc, char **argv)
+{
+    char *pos[1];
+    int rc = expect(argc, argv, NULL, NULL, pos, 1);
+    return rc ? rc : simple(ctl, "booking.cancel", json_pack("{s:s}", "id", pos[0]), print_id);
+}
+
+/* ------------------------------------------------------------ clubs, members, cards */
+
+static int cmd_club_add(struct ctl *ctl, int argc, char **argv)
+{
+    char *pos[2];
+    int rc = expect(argc, argv, NULL, NULL, pos, 2);
+    return rc ? rc
+              : simple(ctl, "club.add", json_pack("{s:s,s:s}", "id", pos[0], "name", pos[1]),
+                       print_id);
+}
+
+static json_t *club_list(int argc, char **argv)
+{
+    json_t *clubs = json_array();
+    for (int i = 0; i + 1 < argc; i++) {
+        if (strcmp(argv[i], "--club") == 0)
+            json_array_append_new(clubs, json_string(argv[++i]));
+    }
+    return clubs;
+}
+
+static int cmd_member_add(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--club", "--name", "--role", NULL};
+    int rc = expect(argc, argv, valued, NULL, NULL, 0);
+    if (rc)
+        return rc;
+    bool bad = false;
+    const char *name = opt_value(argc, argv, "--name", &bad);
+    const char *role = opt_value(argc, argv, "--role", &bad);
+    json_t *clubs = club_list(argc, argv);
+    if (!name || json_array_size(clubs) == 0) {
+        json_decref(clubs);
+        return usage_error("%s", "member add needs --club CLUB (repeatable) and --name NAME");
+    }
+    json_t *args = json_pack("{s:s,s:o}", "name", name, "clubs", clubs);
+    if (role)
+        json_object_set_new(args, "role", json_string(role));
+    return simple(ctl, "member.add", args, print_id);
+}
+
+static int cmd_member_join(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--club", NULL};
+    char *pos[1];
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    json_t *clubs = club_list(argc, argv);
+    if (json_array_size(clubs) == 0) {
+        json_decref(clubs);
+        return usage_error("%s", "member join needs --club CLUB");
+    }
+    return simple(ctl, "member.join", json_pack("{s:s,s:o}", "member", pos[0], "clubs", clubs),
+                  print_id);
+}
+
+static void print_card(json_t *r)
+{
+    printf("%s\n", json_string_value(json_object_get(r, "id")));
+    json_t *w = json_object_get(r, "warning");
+    if (w)
+        fprintf(stderr, "lockerctl: warning: %s\n", json_string_value(w));
+}
+
+static int cmd_card_add(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--uid", "--card", NULL};
+    char *pos[1];
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    bool bad = false;
+    const char *uid = opt_value(argc, argv, "--uid", &bad);
+    const char *card = opt_value(argc, argv, "--card", &bad);
+    if (!uid)
+        return usage_error("%s", "card add needs --uid HEX");
+    json_t *args = json_pack("{s:s,s:s}", "member", pos[0], "uid", uid);
+    if (card)
+        json_object_set_new(args, "card", json_string(card));
+    return simple(ctl, "card.add", args, print_card);
+}
+
+static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--timeout", NULL};
+    char *pos[1];
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    bool bad = false;
+    long secs = 60;
+    const char *t = opt_value(argc, argv, "--timeout", &bad);
+    if (t && !parse_int(t, 1, 600, &secs))
+        return usage_error("--timeout takes 1 to 600 seconds, not '%s'", t);
+    if (!ctl->json)
+        fprintf(stderr, "lockerctl: tap the new card on the station's reader (%ld s)...\n", secs);
+    return simple(ctl, "card.enroll",
+                  json_pack("{s:s,s:I}", "member", pos[0], "timeoutMs", (json_int_t)secs * 1000),
+                  print_card);
+}
+
+static int cmd_card_revoke(struct ctl *ctl, int argc, char **argv)
+{
+    char *pos[1];
+    int rc = expect(argc, argv, NULL, NULL, pos, 1);
+    return rc ? rc : simple(ctl, "card.revoke", json_pack("{s:s}", "id", pos[0]), print_id);
+}
+
+/* ------------------------------------------------------------ service */
+
+static void print_compartment_done(json_t *r)
+{
+    printf("compartment %lld: done\n", (long long)json_integer_value(json_object_get(r, "compartment")));
+}
+
+static int compartment_reason(struct ctl *ctl, const char *cmd, int argc, char **argv)
+{
+    static const char *const valued[] = {"--reason", NULL};
+    char *pos[1];
+    long n;
+    bool bad = false;
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    const char *reason = opt_value(argc, argv, "--reason", &bad);
+    if (!reason)
+        return usage_error("%s needs --reason TEXT (it is logged)", cmd);
+    if (!parse_int(pos[0], 1, 1000, &n))
+        return usage_error("compartment must be a number, not '%s'", pos[0]);
+    return simple(ctl, cmd, json_pack("{s:i,s:s}", "compartment", (int)n, "reason", reason),
+                  print_compartment_done);
+}
+
+static int cmd_open(struct ctl *ctl, int argc, char **argv)
+{
+    return compartment_reason(ctl, "open", argc, argv);
+}
+
+static int cmd_clear(struct ctl *ctl, int argc, char **argv)
+{
+    return compartment_reason(ctl, "clear", argc, argv);
+}
+
+static int cmd_disable(struct ctl *ctl, int argc, char **argv)
+{
+    return compartment_reason(ctl, "disable", argc, argv);
+}
+
+static void print_pruned(json_t *r)
+{
+    printf("pruned %lld events\n", (long long)json_integer_value(json_object_get(r, "pruned")));
+}
+
+static int cmd_prune(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
+    return rc ? rc : simple(ctl, "prune", NULL, print_pruned);
+}
+
+/* ------------------------------------------------------------ sync */
+
+static void print_sync(json_t *r)
+{
+    printf("mode: %s\noutbox: %lld events\ndead letters: %lld\n",
+           json_string_value(json_object_get(r, "mode")),
+           (long long)json_integer_value(json_object_get(r, "outboxDepth")),
+           (long long)json_integer_value(json_object_get(r, "deadLetters")));
+    if (!json_is_true(json_object_get(r, "configured")))
+        printf("no city API configured: this station runs on local bookings\n");
+}
+
+static int cmd_sync_status(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
+    return rc ? rc : simple(ctl, "sync.status", NULL, print_sync);
+}
+
+static int cmd_sync_now(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
+    return rc ? rc : simple(ctl, "sync.now", NULL, NULL);
+}
+
+/* ------------------------------------------------------------ simulation */
+
+static void print_tap(json_t *r)
+{
+    const char *outcome = json_string_value(json_object_get(r, "outcome"));
+    json_t *n = json_object_get(r, "compartment");
+    if (strcmp(outcome, "refused") == 0) {
+        printf("refused: %s", json_string_value(json_object_get(r, "reason")));
+        json_t *next = json_object_get(r, "nextBooking");
+        if (next)
+            printf(" (next booking %s)", json_string_value(next));
+        putchar('\n');
+    } else if (strcmp(outcome, "enrolment") == 0) {
+        printf("card handed to the waiting enrolment\n");
+    } else {
+        printf("granted: %s, compartment %lld unlocked%s%s\n", outcome,
+               (long long)json_integer_value(n),
+               json_object_get(r, "unlockError") ? " FAILED: " : "",
+               json_object_get(r, "unlockError")
+                   ? json_string_value(json_object_get(r, "unlockError"))
+                   : "");
+    }
+}
+
+static int cmd_sim_tap(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--card", NULL};
+    char *pos[1];
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    bool bad = false;
+    const char *card = opt_value(argc, argv, "--card", &bad);
+    json_t *args = json_pack("{s:s}", "uid", pos[0]);
+    if (card)
+        json_object_set_new(args, "card", json_string(card));
+    return simple(ctl, "sim.tap", args, print_tap);
+}
+
+static void print_nothing(json_t *r)
+{
+    (void)r;
+}
+
+static int cmd_sim_remove(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
+    return rc ? rc : simple(ctl, "sim.remove", NULL, print_nothing);
+}
+
+static void print_comp_state(json_t *r)
+{
+    printf("compartment %lld: %s\n", (long long)json_integer_value(json_object_get(r, "compartment")),
+           json_string_value(json_object_get(r, "state")));
+}
+
+static int sim_comp(struct ctl *ctl, const char *cmd, const char *field, const char *a,
+                    const char *b, int argc, char **argv)
+{
+    char *pos[2];
+    long n;
+    int rc = expect(argc, argv, NULL, NULL, pos, 2);
+    if (rc)
+        return rc;
+    if (!parse_int(pos[0], 1, 1000, &n))
+        return usage_error("compartment must be a number, not '%s'", pos[0]);
+    if (strcmp(pos[1], a) != 0 && strcmp(pos[1], b) != 0) {
+        fprintf(stderr, "lockerctl: expected '%s' or '%s', not '%s'\n", a, b, pos[1]);
+        return EXIT_USAGE;
+    }
+    return simple(ctl, cmd, json_pack("{s:i,s:s}", "compartment", (int)n, field, pos[1]),
+                  print_comp_state);
+}
+
+static int cmd_sim_door(struct ctl *ctl, int argc, char **argv)
+{
+    return sim_comp(ctl, "sim.door", "state", "open", "close", argc, argv);
+}
+
+static int cmd_sim_key(struct ctl *ctl, int argc, char **argv)
+{
+    return sim_comp(ctl, "sim.key", "action", "take", "put", argc, argv);
+}
+
+static int cmd_sim_tamper(struct ctl *ctl, int argc, char **argv)
+{
+    char *pos[1];
+    int rc = expect(argc, argv, NULL, NULL, pos, 1);
+    if (rc)
+        return rc;
+    if (strcmp(pos[0], "open") != 0 && strcmp(pos[0], "close") != 0)
+        return usage_error("expected 'open' or 'close', not '%s'", pos[0]);
+    return simple(ctl, "sim.tamper", json_pack("{s:s}", "state", pos[0]), print_nothing);
+}
+
+static void print_outputs(json_t *r)
+{
+    size_t i;
+    json_t *l;
+    printf("%-16s %-6s %-5s %s\n", "line", "dir", "value", "activations");
+    json_array_foreach(json_object_get(r, "lines"), i, l)
+    {
+        printf("%-16s %-6s %-5lld %lld\n", json_string_value(json_object_get(l, "line")),
+               strcmp(json_string_value(json_object_get(l, "direction")), "output") == 0 ? "out"
+                                                                                          : "in",
+               (long long)json_integer_value(json_object_get(l, "value")),
+               (long long)json_integer_value(json_object_get(l, "activations")));
+    }
+}
+
+static int cmd_sim_outputs(struct ctl *ctl, int argc, char **argv)
+{
+    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
+    return rc ? rc : simple(ctl, "sim.outputs", NULL, print_outputs);
+}
+
+static void print_now(json_t *r)
+{
+    printf("station time is now %s\n", json_string_value(json_object_get(r, "now")));
+}
+
+static int cmd_sim_clock(struct ctl *ctl, int argc, char **argv)
+{
+    char *pos[2];
+    int rc = expect(argc, argv, NULL, NULL, pos, 2);
+    if (rc)
+        return rc;
+    if (strcmp(pos[0], "advance") != 0)
+        return usage_error("expected 'advance DURATION', not '%s'", pos[0]);
+    return simple(ctl, "sim.clock", json_pack("{s:s}", "advance", pos[1]), print_now);
+}
+
+/* ------------------------------------------------------------ table and main */
+
+static const struct cmd commands[] = {
+    {"status", NULL, "", "station, each compartment (state, door, key, lock), alarms, sync",
+     cmd_status},
+    {"events", NULL, "[--since SEQ] [--follow] [--verify]",
+     "event log; --verify checks the hash chain", cmd_events},
+    {"booking", "add", "--club CLUB --compartment N --from TIME --to TIME",
+     "add a booking (TIME like 2026-11-28T18:00+01:00)", cmd_booking_add},
+    {"booking", "list", "[--all]", "bookings not yet over (--all: also past and cancelled)",
+     cmd_booking_list},
+    {"booking", "cancel", "ID", "cancel a local booking", cmd_booking_cancel},
+    {"club", "add", "ID NAME", "add a club", cmd_club_add},
+    {"member", "add", "--club CLUB [--club CLUB...] --name NAME [--role ROLE]",
+     "add a member; prints the member id", cmd_member_add},
+    {"member", "join", "MEMBER --club CLUB [--club CLUB...]", "add a member to more clubs",
+     cmd_member_join},
+    {"card", "add", "MEMBER --uid HEX [--card desfire|uid]", "register a card by its UID",
+     cmd_card_add},
+    {"card", "enroll", "MEMBER [--timeout SECONDS]", "register the next card tapped", cmd_card_enroll},
+    {"card", "revoke", "ID", "revoke a card", cmd_card_revoke},
+    {"open", NULL, "N --reason TEXT", "service open (managers, technicians); logged", cmd_open},
+    {"clear", NULL, "N --reason TEXT", "clear a sensor fault / put back in service (technicians)",
+     cmd_clear},
+    {"disable", NULL, "N --reason TEXT", "take a compartment out of service (technicians)",
+     cmd_disable},
+    {"prune", NULL, "", "prune events older than the retention period now (technicians)",
+     cmd_prune},
+    {"sync", "now", "", "synchronise with the city API now", cmd_sync_now},
+    {"sync", "status", "", "cursor, last success and error, outbox depth, dead letters",
+     cmd_sync_status},
+    {"sim", "tap", "UID [--card desfire|uid]", "present a card to the simulated reader",
+     cmd_sim_tap},
+    {"sim", "remove", "", "take the card away", cmd_sim_remove},
+    {"sim", "door", "N open|close", "open or close a simulated door", cmd_sim_door},
+    {"sim", "key", "N take|put", "take or put back a simulated key", cmd_sim_key},
+    {"sim", "tamper", "open|close", "open or close the simulated enclosure", cmd_sim_tamper},
+    {"sim", "outputs", "", "simulated output lines (locks) and inputs", cmd_sim_outputs},
+    {"sim", "clock", "advance DURATION", "move the simulated clock forward (sim_clock = yes)",
+     cmd_sim_clock},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static void help(FILE *out)
+{
+    fprintf(out, "usage: lockerctl [-s SOCKET] [--json] COMMAND [ARGS]\n\n"
+                 "  -s SOCKET  control socket (default $LOCKERD_SOCKET or " DEFAULT_SOCKET ")\n"
+                 "  --json     machine-readable output\n\ncommands:\n");
+    for (const struct cmd *c = commands; c->group; c++) {
+        char head[128];
+        snprintf(head, sizeof(head), "%s%s%s %s", c->group, c->name ? " " : "",
+                 c->name ? c->name : "", c->usage);
+        fprintf(out, "  %s\n      %s\n", head, c->help);
+    }
+    fprintf(out, "\nexit status: 0 ok, 1 refused or failed, 2 usage error, 3 lockerd "
+                 "unreachable, 4 event log broken\n");
+}
+
+int main(int argc, char **argv)
+{
+    struct ctl ctl = {.fd = -1};
+    char *args[256];
+    int n = 0;
+
+    log_init("lockerctl", LOG_LVL_WARNING);
+    ctl.socket_path = getenv("LOCKERD_SOCKET") ? getenv("LOCKERD_SOCKET") : DEFAULT_SOCKET;
+    if (argc > 256)
+        return usage_error("%s", "too many arguments");
+    /* Global options may stand anywhere on the line. */
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--json") == 0) {
+            ctl.json = true;
+        } else if (strcmp(argv[i], "-s") == 0 || strcmp(argv[i], "--socket") == 0) {
+            if (++i == argc)
+                return usage_error("%s", "-s needs a socket path");
+            ctl.socket_path = argv[i];
+        } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
+            help(stdout);
+            return 0;
+        } else if (strcmp(argv[i], "-V") == 0 || strcmp(argv[i], "--version") == 0) {
+            printf("lockerctl %s\n", LOCKERD_VERSION);
+            return 0;
+        } else {
+            args[n++] = argv[i];
+        }
+    }
+    if (n == 0) {
+        help(stderr);
+        return EXIT_USAGE;
+    }
+    for (const struct cmd *c = commands; c->group; c++) {
+        if (strcmp(c->group, args[0]) != 0)
+            continue;
+        if (!c->name) {
+            int rc = c->fn(&ctl, n - 1, args + 1);
+            if (ctl.in)
+                fclose(ctl.in);
+            return rc;
+        }
+        if (n >= 2 && strcmp(c->name, args[1]) == 0) {
+            int rc = c->fn(&ctl, n - 2, args + 2);
+            if (ctl.in)
+                fclose(ctl.in);
+            return rc;
+        }
+    }
+    fprintf(stderr, "lockerctl: unknown command '%s%s%s'\n", args[0], n > 1 ? " " : "",
+            n > 1 ? args[1] : "");
+    fprintf(stderr, "lockerctl: see 'lockerctl --help'\n");
+    return EXIT_USAGE;
+}

@@ -1,0 +1,919 @@
+/*
+ * test_store.c - unit tests for daemon/store.c.
+ *
+ * Tests that need raw SQL (tampering, acknowledging outbox rows, bumping the schema
+ * version) use a real file in a fresh mkdtemp() directory, which also exercises WAL,
+ * and open a second SQLite connection on it the way a technician's sqlite3 shell
+ * would. The rest use ":memory:".
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <sqlite3.h>
+
+#include "daemon/clock.h"
+#include "daemon/log.h"
+#include "daemon/store.h"
+
+struct fixture {
+    char dir[64];
+    char path[128];
+    struct store *s;
+};
+
+static int setup_file(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/test_store.XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    snprintf(f->path, sizeof f->path, "%s/lockerd.db", f->dir);
+    char err[256] = "";
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    *state = f;
+    return 0;
+}
+
+static int setup_memory(void **state)
+{
+    struct fixture *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    char err[256] = "";
+    f->s = store_open(":memory:", err, sizeof err);
+    assert_non_null(f->s);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    store_close(f->s);
+    if (f->dir[0] != '\0') {
+        static const char *const suffixes[] = {"", "-wal", "-shm"};
+        for (int i = 0; i < 3; i++) {
+            char p[160];
+            snprintf(p, sizeof p, "%s%s", f->path, suffixes[i]);
+            unlink(p);
+        }
+        rmdir(f->dir);
+    }
+    free(f);
+    return 0;
+}
+
+/* A second connection, without foreign keys, as an outside tool would have. */
+static sqlite3 *raw_open(const char *path)
+{
+    sqlite3 *db = NULL;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    sqlite3_busy_timeout(db, 2000);
+    return db;
+}
+
+static void raw_exec(sqlite3 *db, const char *sql)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(db, sql, NULL, NULL, &msg) != SQLITE_OK)
+        fail_msg("%s: %s", sql, msg);
+}
+
+static int64_t raw_int(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    return v;
+}
+
+static void raw_text(sqlite3 *db, const char *sql, char *buf, size_t len)
+{
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db, sql, -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    const unsigned char *t = sqlite3_column_text(st, 0);
+    snprintf(buf, len, "%s", t != NULL ? (const char *)t : "(null)");
+    sqlite3_finalize(st);
+}
+
+static int64_t add_simple(struct store *s, const char *type)
+{
+    struct event ev = {.type = type};
+    return store_event_add(s, &ev);
+}
+
+static void assert_verify_ok(struct store *s)
+{
+    int64_t bad = -1;
+    char why[256] = "x";
+    int rc = store_events_verify(s, &bad, why, sizeof why);
+    if (rc != STORE_OK)
+        fail_msg("verify: rc %d, bad seq %lld: %s", rc, (long long)bad, why);
+    assert_int_equal(bad, 0);
+}
+
+/* ---- schema ---- */
+
+static void test_roles(void **state)
+{
+    (void)state;
+    enum member_role r;
+    assert_string_equal(role_name(ROLE_MEMBER), "member");
+    assert_string_equal(role_name(ROLE_MANAGER), "manager");
+    assert_string_equal(role_name(ROLE_TECHNICIAN), "technician");
+    assert_true(role_parse("technician", &r));
+    assert_int_equal(r, ROLE_TECHNICIAN);
+    assert_true(role_parse("member", &r));
+    assert_int_equal(r, ROLE_MEMBER);
+    assert_false(role_parse("admin", &r));
+    assert_false(role_parse("", &r));
+    assert_false(role_parse(NULL, &r));
+}
+
+static void test_migrations(void **state)
+{
+    struct fixture *f = *state;
+    char err[256] = "";
+
+    assert_int_equal(store_meta_set(f->s, "k", "v"), STORE_OK);
+    sqlite3 *db = raw_open(f->path);
+    int64_t version = raw_int(db, "PRAGMA user_version");
+    assert_true(version >= 1);
+    char mode[16];
+    raw_text(db, "PRAGMA journal_mode", mode, sizeof mode);
+    assert_string_equal(mode, "wal");
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master WHERE name IN ('meta', "
+                                 "'clubs', 'members', 'member_clubs', 'credentials', "
+                                 "'bookings', 'compartments', 'events', 'outbox', "
+                                 "'chain_checkpoint')"),
+                     10);
+    sqlite3_close(db);
+
+    /* Reopening an up-to-date database changes nothing and keeps the data. */
+    store_close(f->s);
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    char v[8];
+    assert_int_equal(store_meta_get(f->s, "k", v, sizeof v), STORE_OK);
+    assert_string_equal(v, "v");
+    store_close(f->s);
+    f->s = NULL;
+
+    /* A schema from a newer lockerd is refused, not half understood. */
+    db = raw_open(f->path);
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %lld", (long long)version + 1);
+    raw_exec(db, sql);
+    sqlite3_close(db);
+    err[0] = '\0';
+    assert_null(store_open(f->path, err, sizeof err));
+    assert_non_null(strstr(err, "newer"));
+
+    /* Put it back so the database opens again. */
+    db = raw_open(f->path);
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %lld", (long long)version);
+    raw_exec(db, sql);
+    sqlite3_close(db);
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+}
+
+static void test_open_bad_path(void **state)
+{
+    (void)state;
+    char err[256] = "";
+    assert_null(store_open("/nonexistent-dir/lockerd.db", err, sizeof err));
+    assert_non_null(strstr(err, "/nonexistent-dir/lockerd.db"));
+    store_close(NULL);
+}
+
+/* ---- meta, clubs, members, credentials ---- */
+
+static void test_meta(void **state)
+{
+    struct fixture *f = *state;
+    char buf[16];
+    assert_int_equal(store_meta_get(f->s, "clean_shutdown", buf, sizeof buf), STORE_NOTFOUND);
+    assert_int_equal(store_meta_set(f->s, "clean_shutdown", "1"), STORE_OK);
+    assert_int_equal(store_meta_get(f->s, "clean_shutdown", buf, sizeof buf), STORE_OK);
+    assert_string_equal(buf, "1");
+    assert_int_equal(store_meta_set(f->s, "clean_shutdown", "0"), STORE_OK);
+    assert_int_equal(store_meta_get(f->s, "clean_shutdown", buf, sizeof buf), STORE_OK);
+    assert_string_equal(buf, "0");
+    /* A value that does not fit is an error, never silently cut. */
+    assert_int_equal(store_meta_set(f->s, "cursor", "https://city.example/feed?after=1234"),
+                     STORE_OK);
+    assert_int_equal(store_meta_get(f->s, "cursor", buf, sizeof buf), STORE_ERR);
+}
+
+static void test_clubs_members(void **state)
+{
+    struct fixture *f = *state;
+    struct club c = {.id = "club-42", .name = "SV Warnemünde"};
+    assert_int_equal(store_club_add(f->s, &c), STORE_OK);
+    assert_int_equal(store_club_add(f->s, &c), STORE_CONFLICT);
+    struct club c0 = {.id = "club-07", .name = "TSV"};
+    assert_int_equal(store_club_add(f->s, &c0), STORE_OK);
+
+    struct club got;
+    assert_int_equal(store_club_get(f->s, "club-42", &got), STORE_OK);
+    assert_string_equal(got.id, "club-42");
+    assert_string_equal(got.name, "SV Warnemünde");
+    assert_int_equal(store_club_get(f->s, "nope", &got), STORE_NOTFOUND);
+
+    struct member m = {.id = "m-5", .name = "A. Trainer", .role = ROLE_MANAGER};
+    assert_int_equal(store_member_add(f->s, &m), STORE_OK);
+    assert_int_equal(store_member_add(f->s, &m), STORE_CONFLICT);
+    struct member gm;
+    assert_int_equal(store_member_get(f->s, "m-5", &gm), STORE_OK);
+    assert_string_equal(gm.name, "A. Trainer");
+    assert_int_equal(gm.role, ROLE_MANAGER);
+    assert_int_equal(store_member_get(f->s, "m-6", &gm), STORE_NOTFOUND);
+
+    assert_int_equal(store_member_join(f->s, "m-5", "club-42"), STORE_OK);
+    assert_int_equal(store_member_join(f->s, "m-5", "club-42"), STORE_OK); /* idempotent */
+    assert_int_equal(store_member_join(f->s, "m-5", "club-07"), STORE_OK);
+    assert_int_equal(store_member_join(f->s, "m-5", "club-99"), STORE_NOTFOUND);
+    assert_int_equal(store_member_join(f->s, "m-9", "club-42"), STORE_NOTFOUND);
+
+    char clubs[4][STORE_ID_LEN];
+    assert_int_equal(store_member_clubs(f->s, "m-5", clubs, 4), 2);
+    assert_string_equal(clubs[0], "club-07");
+    assert_string_equal(clubs[1], "club-42");
+    assert_int_equal(store_member_clubs(f->s, "m-5", clubs, 1), 1);
+    assert_string_equal(clubs[0], "club-07");
+    assert_int_equal(store_member_clubs(f->s, "m-9", clubs, 4), 0);
+}
+
+static void hmac_fill(uint8_t h[STORE_HMAC_LEN], uint8_t v)
+{
+    for (int i = 0; i < STORE_HMAC_LEN; i++)
+        h[i] = (uint8_t)(v + i);
+}
+
+static void test_credentials(void **state)
+{
+    struct fixture *f = *state;
+    struct member m = {.id = "m-5", .name = "A. Trainer", .role = ROLE_MEMBER};
+    assert_int_equal(store_member_add(f->s, &m), STORE_OK);
+
+    struct credential c = {.id = "cred-77",
+                           .member_id = "m-5",
+                           .card_type = "desfire",
+                           .valid_from_ms = 1000,
+                           .valid_until_ms = 2000,
+                           .status = CRED_ACTIVE,
+                           .source = "city",
+                           .synced_at_ms = 1500};
+    hmac_fill(c.uid_hmac, 1);
+    assert_int_equal(store_credential_add(f->s, &c), STORE_OK);
+
+    struct credential got;
+    assert_int_equal(store_credential_by_hmac(f->s, c.uid_hmac, &got), STORE_OK);
+    assert_string_equal(got.id, "cred-77");
+    assert_string_equal(got.member_id, "m-5");
+    assert_memory_equal(got.uid_hmac, c.uid_hmac, STORE_HMAC_LEN);
+    assert_string_equal(got.card_type, "desfire");
+    assert_int_equal(got.valid_from_ms, 1000);
+    assert_int_equal(got.valid_until_ms, 2000);
+    assert_int_equal(got.status, CRED_ACTIVE);
+    assert_string_equal(got.source, "city");
+    assert_int_equal(got.synced_at_ms, 1500);
+
+    /* Same card under another id, same id for another card, unknown member. */
+    struct credential dup = c;
+    snprintf(dup.id, sizeof dup.id, "cred-78");
+    assert_int_equal(store_credential_add(f->s, &dup), STORE_CONFLICT);
+    dup = c;
+    hmac_fill(dup.uid_hmac, 2);
+    assert_int_equal(store_credential_add(f->s, &dup), STORE_CONFLICT);
+    snprintf(dup.id, sizeof dup.id, "cred-79");
+    snprintf(dup.member_id, sizeof dup.member_id, "m-404");
+    assert_int_equal(store_credential_add(f->s, &dup), STORE_NOTFOUND);
+    assert_int_equal(store_credential_by_hmac(f->s, dup.uid_hmac, &got), STORE_NOTFOUND);
+
+    assert_int_equal(store_credential_revoke(f->s, "cred-77"), STORE_OK);
+    assert_int_equal(store_credential_by_hmac(f->s, c.uid_hmac, &got), STORE_OK);
+    assert_int_equal(got.status, CRED_REVOKED);
+    assert_int_equal(store_credential_revoke(f->s, "cred-404"), STORE_NOTFOUND);
+}
+
+/* ---- bookings ---- */
+
+static struct booking mkbooking(const char *id, const char *club, int comp, int64_t start,
+                                int64_t end)
+{
+    struct booking b = {.compartment = comp, .start_ms = start, .end_ms = end};
+    snprintf(b.id, sizeof b.id, "%s", id);
+    snprintf(b.club_id, sizeof b.club_id, "%s", club);
+    snprintf(b.source, sizeof b.source, "local");
+    b.status = BOOKING_ACTIVE;
+    return b;
+}
+
+static void test_bookings(void **state)
+{
+    struct fixture *f = *state;
+    struct booking b;
+
+    b = mkbooking("b1", "k1", 1, 1000, 2000);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_OK);
+    b = mkbooking("b2", "k1", 1, 1500, 2500);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_CONFLICT); /* overlaps b1 */
+    b = mkbooking("b2", "k1", 1, 500, 1001);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_CONFLICT); /* by one ms */
+    b = mkbooking("b3", "k1", 1, 2000, 3000);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_OK); /* adjacent after */
+    b = mkbooking("b4", "k2", 1, 500, 1000);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_OK); /* adjacent before */
+    b = mkbooking("b5", "k1", 2, 1000, 2000);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_OK); /* other compartment */
+    b = mkbooking("b1", "k1", 3, 5000, 6000);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_CONFLICT); /* id taken */
+
+    /* A cancelled booking frees its slot and never conflicts. */
+    assert_int_equal(store_booking_cancel(f->s, "b1"), STORE_OK);
+    assert_int_equal(store_booking_cancel(f->s, "b404"), STORE_NOTFOUND);
+    b = mkbooking("b6", "k2", 1, 1200, 1800);
+    assert_int_equal(store_booking_add(f->s, &b), STORE_OK);
+    b = mkbooking("b7", "k2", 1, 1000, 3000);
+    b.status = BOOKING_CANCELLED;
+    snprintf(b.source, sizeof b.source, "city");
+    assert_int_equal(store_booking_add(f->s, &b), STORE_OK);
+
+    struct booking got;
+    assert_int_equal(store_booking_get(f->s, "b1", &got), STORE_OK);
+    assert_int_equal(got.status, BOOKING_CANCELLED);
+    assert_int_equal(store_booking_get(f->s, "b3", &got), STORE_OK);
+    assert_string_equal(got.club_id, "k1");
+    assert_int_equal(got.compartment, 1);
+    assert_int_equal(got.start_ms, 2000);
+    assert_int_equal(got.end_ms, 3000);
+    assert_int_equal(got.status, BOOKING_ACTIVE);
+    assert_string_equal(got.source, "local");
+    assert_int_equal(got.collected_ms, 0);
+    assert_int_equal(store_booking_get(f->s, "b404", &got), STORE_NOTFOUND);
+
+    assert_int_equal(store_booking_set_collected(f->s, "b3", 2100), STORE_OK);
+    assert_int_equal(store_booking_set_collected(f->s, "b404", 2100), STORE_NOTFOUND);
+    assert_int_equal(store_booking_get(f->s, "b3", &got), STORE_OK);
+    assert_int_equal(got.collected_ms, 2100);
+
+    /* Active bookings of k1 in a wide window, by start: b5 (1000), b3 (2000). */
+    char clubs[2][STORE_ID_LEN] = {"k1", "k2"};
+    struct booking out[8];
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 1, 0, 10000, out, 8), 2);
+    assert_string_equal(out[0].id, "b5");
+    assert_string_equal(out[1].id, "b3");
+    /* Window [2000, 2500): b3 only; b5 ends at 2000 (exclusive), b6/b4 earlier. */
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 2, 2000, 2500, out, 8), 1);
+    assert_string_equal(out[0].id, "b3");
+    /* Both clubs, whole day: b4 (500), b5 (1000), b6 (1200), b3 (2000); max 3. */
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 2, 0, 10000, out, 3), 3);
+    assert_string_equal(out[0].id, "b4");
+    assert_string_equal(out[1].id, "b5");
+    assert_string_equal(out[2].id, "b6");
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 0, 0, 10000, out, 8), 0);
+
+    /* JSON: everything ending after 1000 (b4 ends at 1000: left out). */
+    json_t *arr = store_bookings_json(f->s, 1000);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 5); /* b1 b5 b7 b6 b3 */
+    json_t *first = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(first, "id")), "b1");
+    assert_string_equal(json_string_value(json_object_get(first, "status")), "cancelled");
+    assert_string_equal(json_string_value(json_object_get(first, "club")), "k1");
+    assert_int_equal(json_integer_value(json_object_get(first, "start")), 1000);
+    assert_int_equal(json_integer_value(json_object_get(first, "end")), 2000);
+    assert_int_equal(json_integer_value(json_object_get(first, "compartment")), 1);
+    assert_string_equal(json_string_value(json_object_get(first, "source")), "local");
+    assert_null(json_object_get(first, "collected"));
+    json_t *last = json_array_get(arr, 4);
+    assert_string_equal(json_string_value(json_object_get(last, "id")), "b3");
+    assert_string_equal(json_string_value(json_object_get(last, "status")), "active");
+    assert_int_equal(json_integer_value(json_object_get(last, "collected")), 2100);
+    json_decref(arr);
+}
+
+static void test_bookings_many_clubs(void **state)
+{
+    struct fixture *f = *state;
+    /* 20 clubs, more than one query binds: the chunks' results must be merged in
+     * start order. Club i books compartment i at 1000 * (20 - i). */
+    char clubs[20][STORE_ID_LEN];
+    for (int i = 0; i < 20; i++) {
+        snprintf(clubs[i], STORE_ID_LEN, "club-%02d", i);
+        char id[16];
+        snprintf(id, sizeof id, "b-%02d", i);
+        struct booking b = mkbooking(id, clubs[i], i + 1, 1000 * (20 - i), 1000 * (20 - i) + 500);
+        assert_int_equal(store_booking_add(f->s, &b), STORE_OK);
+    }
+    struct booking out[32];
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 20, 0, 100000, out, 32), 20);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(out[i].start_ms, 1000 * (i + 1));
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 20, 0, 100000, out, 5), 5);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(out[i].start_ms, 1000 * (i + 1));
+    assert_string_equal(out[0].id, "b-19"); /* in the second chunk */
+    /* Only clubs 17..19 (second chunk) have bookings before 3600. */
+    assert_int_equal(store_bookings_for_clubs(f->s, clubs, 20, 0, 3600, out, 32), 3);
+}
+
+/* ---- compartments ---- */
+
+static void test_comp(void **state)
+{
+    struct fixture *f = *state;
+    struct comp_row r;
+    memset(&r, 0xff, sizeof r);
+    assert_int_equal(store_comp_get(f->s, 3, &r), STORE_NOTFOUND);
+    assert_int_equal(r.number, 3);
+    assert_false(r.out_of_service);
+    assert_string_equal(r.purpose, "");
+    assert_string_equal(r.holder_member, "");
+    assert_int_equal(r.due_ms, 0);
+
+    struct comp_row w;
+    memset(&w, 0, sizeof w);
+    w.number = 3;
+    w.out_of_service = true;
+    snprintf(w.oos_reason, sizeof w.oos_reason, "door sensor stuck");
+    snprintf(w.purpose, sizeof w.purpose, "pickup");
+    snprintf(w.pending_member, sizeof w.pending_member, "m-5");
+    snprintf(w.pending_credential, sizeof w.pending_credential, "cred-77");
+    snprintf(w.pending_club, sizeof w.pending_club, "club-42");
+    snprintf(w.pending_booking, sizeof w.pending_booking, "r-881");
+    snprintf(w.holder_member, sizeof w.holder_member, "m-6");
+    snprintf(w.holder_club, sizeof w.holder_club, "club-43");
+    snprintf(w.holder_booking, sizeof w.holder_booking, "r-882");
+    w.holder_since_ms = 1764352800123;
+    w.due_ms = 1764360000000;
+    w.overdue_reported = true;
+    assert_int_equal(store_comp_save(f->s, &w), STORE_OK);
+
+    assert_int_equal(store_comp_get(f->s, 3, &r), STORE_OK);
+    assert_int_equal(r.number, 3);
+    assert_true(r.out_of_service);
+    assert_string_equal(r.oos_reason, w.oos_reason);
+    assert_string_equal(r.purpose, w.purpose);
+    assert_string_equal(r.pending_member, w.pending_member);
+    assert_string_equal(r.pending_credential, w.pending_credential);
+    assert_string_equal(r.pending_club, w.pending_club);
+    assert_string_equal(r.pending_booking, w.pending_booking);
+    assert_string_equal(r.holder_member, w.holder_member);
+    assert_string_equal(r.holder_club, w.holder_club);
+    assert_string_equal(r.holder_booking, w.holder_booking);
+    assert_int_equal(r.holder_since_ms, w.holder_since_ms);
+    assert_int_equal(r.due_ms, w.due_ms);
+    assert_true(r.overdue_reported);
+
+    /* Saving again replaces the row. */
+    memset(&w, 0, sizeof w);
+    w.number = 3;
+    assert_int_equal(store_comp_save(f->s, &w), STORE_OK);
+    assert_int_equal(store_comp_get(f->s, 3, &r), STORE_OK);
+    assert_false(r.out_of_service);
+    assert_string_equal(r.purpose, "");
+    assert_string_equal(r.holder_member, "");
+    assert_false(r.overdue_reported);
+    assert_int_equal(store_comp_get(f->s, 4, &r), STORE_NOTFOUND);
+}
+
+/* ---- events ---- */
+
+static bool is_hex(const char *s, size_t len)
+{
+    if (strlen(s) != len)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return false;
+    }
+    return true;
+}
+
+static void test_events(void **state)
+{
+    struct fixture *f = *state;
+    json_t *detail = json_pack("{s:i, s:s}", "b", 1, "a", "x");
+    struct event e1 = {.type = "station.started", .detail = detail};
+    assert_int_equal(store_event_add(f->s, &e1), 1);
+    json_decref(detail);
+    struct event e2 = {.type = "key.checkedOut",
+                       .compartment = 2,
+                       .member_id = "m-5",
+                       .credential_id = "cred-77",
+                       .club_id = "club-42",
+                       .booking_id = "r-881"};
+    assert_int_equal(store_event_add(f->s, &e2), 2);
+    struct event e3 = {.type = "access.denied", .member_id = "", .reason = "no_booking"};
+    assert_int_equal(store_event_add(f->s, &e3), 3);
+
+    /* Invalid events are refused and do not use up a seq. */
+    struct event bad = {.type = NULL};
+    assert_int_equal(store_event_add(f->s, &bad), STORE_ERR);
+    json_t *arr_detail = json_array();
+    struct event bad2 = {.type = "x", .detail = arr_detail};
+    assert_int_equal(store_event_add(f->s, &bad2), STORE_ERR);
+    json_decref(arr_detail);
+    struct event e4 = {.type = "service.open", .compartment = 1, .operator_name = "tech"};
+    assert_int_equal(store_event_add(f->s, &e4), 4);
+
+    assert_int_equal(store_last_seq(f->s), 4);
+    assert_int_equal(store_event_count(f->s, NULL), 4);
+    assert_int_equal(store_event_count(f->s, "access.denied"), 1);
+    assert_int_equal(store_event_count(f->s, "door.forced"), 0);
+    assert_int_equal(store_outbox_depth(f->s), 4);
+
+    json_t *arr = store_events_json(f->s, 0, 0);
+    assert_non_null(arr);
+    assert_int_equal(json_array_size(arr), 4);
+    json_t *j1 = json_array_get(arr, 0);
+    json_t *j2 = json_array_get(arr, 1);
+    json_t *j3 = json_array_get(arr, 2);
+    json_t *j4 = json_array_get(arr, 3);
+
+    assert_int_equal(json_integer_value(json_object_get(j1, "seq")), 1);
+    assert_string_equal(json_string_value(json_object_get(j1, "type")), "station.started");
+    const char *eid = json_string_value(json_object_get(j1, "eventId"));
+    assert_non_null(eid);
+    assert_int_equal(strlen(eid), 36);
+    assert_int_equal(eid[8], '-');
+    assert_int_equal(eid[14], '7');           /* version */
+    assert_non_null(strchr("89ab", eid[19])); /* variant */
+    assert_string_not_equal(eid, json_string_value(json_object_get(j2, "eventId")));
+    const char *when = json_string_value(json_object_get(j1, "occurredAt"));
+    assert_non_null(when);
+    assert_int_equal(when[strlen(when) - 1], 'Z');
+    assert_true(json_is_boolean(json_object_get(json_object_get(j1, "clock"), "synced")));
+    assert_true(json_is_string(json_object_get(j1, "bootId")));
+    assert_true(json_is_integer(json_object_get(j1, "monoMs")));
+    assert_null(json_object_get(j1, "compartment"));
+    assert_null(json_object_get(j1, "member"));
+    assert_null(json_object_get(j1, "reason"));
+    json_t *d = json_object_get(j1, "detail");
+    assert_true(json_is_object(d));
+    assert_string_equal(json_string_value(json_object_get(d, "a")), "x");
+    assert_int_equal(json_integer_value(json_object_get(d, "b")), 1);
+    const char *prev1 = json_string_value(json_object_get(j1, "prevHash"));
+    const char *hash1 = json_string_value(json_object_get(j1, "hash"));
+    assert_true(is_hex(prev1, 64));
+    assert_true(is_hex(hash1, 64));
+    assert_string_equal(prev1, "0000000000000000000000000000000000000000000000000000000000000000");
+    assert_string_equal(json_string_value(json_object_get(j2, "prevHash")), hash1);
+
+    assert_int_equal(json_integer_value(json_object_get(j2, "compartment")), 2);
+    assert_string_equal(json_string_value(json_object_get(j2, "member")), "m-5");
+    assert_string_equal(json_string_value(json_object_get(j2, "credential")), "cred-77");
+    assert_string_equal(json_string_value(json_object_get(j2, "club")), "club-42");
+    assert_string_equal(json_string_value(json_object_get(j2, "booking")), "r-881");
+    assert_null(json_object_get(j2, "detail"));
+    assert_null(json_object_get(j3, "member")); /* "" is not applicable */
+    assert_string_equal(json_string_value(json_object_get(j3, "reason")), "no_booking");
+    assert_string_equal(json_string_value(json_object_get(j4, "operator")), "tech");
+    json_decref(arr);
+
+    arr = store_events_json(f->s, 1, 2);
+    assert_int_equal(json_array_size(arr), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(arr, 0), "seq")), 2);
+    json_decref(arr);
+    arr = store_events_json(f->s, 4, 0);
+    assert_int_equal(json_array_size(arr), 0);
+    json_decref(arr);
+
+    assert_verify_ok(f->s);
+
+    /* The stored detail is compact with sorted keys: it is what the hash covers. */
+    sqlite3 *db = raw_open(f->path);
+    char text[64];
+    raw_text(db, "SELECT detail FROM events WHERE seq = 1", text, sizeof text);
+    assert_string_equal(text, "{\"a\":\"x\",\"b\":1}");
+    assert_int_equal(raw_int(db, "SELECT compartment IS NULL FROM events WHERE seq = 1"), 1);
+    /* Edits are refused by the schema itself. */
+    assert_int_not_equal(
+        sqlite3_exec(db, "UPDATE events SET type = 'x' WHERE seq = 1", NULL, NULL, NULL),
+        SQLITE_OK);
+    sqlite3_close(db);
+}
+
+static void test_tamper_detail(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 0; i < 5; i++) {
+        json_t *detail = json_pack("{s:i}", "n", i);
+        struct event ev = {.type = "key.returned", .compartment = 1, .detail = detail};
+        assert_int_equal(store_event_add(f->s, &ev), i + 1);
+        json_decref(detail);
+    }
+    assert_verify_ok(f->s);
+
+    /* An attacker with the file can drop the trigger; the chain still notices. */
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DROP TRIGGER events_append_only;"
+                 "UPDATE events SET detail = '{\"n\":99}' WHERE seq = 3");
+    sqlite3_close(db);
+
+    int64_t bad = 0;
+    char why[256] = "";
+    assert_int_equal(store_events_verify(f->s, &bad, why, sizeof why), STORE_CONFLICT);
+    assert_int_equal(bad, 3);
+    assert_non_null(strstr(why, "row 3"));
+    assert_non_null(strstr(why, "content"));
+}
+
+static void test_tamper_null_vs_empty(void **state)
+{
+    struct fixture *f = *state;
+    struct event ev = {.type = "access.denied", .reason = "unknown_card"};
+    assert_int_equal(store_event_add(f->s, &ev), 1);
+    assert_int_equal(store_event_add(f->s, &ev), 2);
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DROP TRIGGER events_append_only;"
+                 "UPDATE events SET member_id = '' WHERE seq = 2");
+    sqlite3_close(db);
+    int64_t bad = 0;
+    char why[256] = "";
+    assert_int_equal(store_events_verify(f->s, &bad, why, sizeof why), STORE_CONFLICT);
+    assert_int_equal(bad, 2);
+}
+
+static void test_delete_middle(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 1; i <= 5; i++)
+        assert_int_equal(add_simple(f->s, "key.checkedOut"), i);
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DELETE FROM outbox WHERE seq = 3; DELETE FROM events WHERE seq = 3");
+    sqlite3_close(db);
+
+    int64_t bad = 0;
+    char why[256] = "";
+    assert_int_equal(store_events_verify(f->s, &bad, why, sizeof why), STORE_CONFLICT);
+    assert_int_equal(bad, 4);
+    assert_non_null(strstr(why, "row 4"));
+}
+
+static void test_delete_head_without_checkpoint(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(add_simple(f->s, "key.checkedOut"), i);
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DELETE FROM outbox WHERE seq = 1; DELETE FROM events WHERE seq = 1");
+    sqlite3_close(db);
+    int64_t bad = 0;
+    char why[256] = "";
+    assert_int_equal(store_events_verify(f->s, &bad, why, sizeof why), STORE_CONFLICT);
+    assert_int_equal(bad, 2);
+}
+
+static void test_prune(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 1; i <= 10; i++)
+        assert_int_equal(add_simple(f->s, "key.checkedOut"), i);
+
+    /* The city acknowledged 1-5 and 7: 6 is still unsent, so only 1-5 may go. */
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DELETE FROM outbox WHERE seq <= 5 OR seq = 7");
+    sqlite3_close(db);
+
+    int64_t future = clock_wall_ms() + 60000;
+    assert_int_equal(store_prune(f->s, future), 5);
+    assert_verify_ok(f->s);
+    assert_int_equal(store_last_seq(f->s), 11);
+    assert_int_equal(store_event_count(f->s, NULL), 6); /* 6-10 and log.pruned */
+    assert_int_equal(store_event_count(f->s, "log.pruned"), 1);
+    assert_int_equal(store_outbox_depth(f->s), 5); /* 6, 8, 9, 10, 11 */
+
+    json_t *arr = store_events_json(f->s, 0, 0);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(arr, 0), "seq")), 6);
+    json_t *last = json_array_get(arr, json_array_size(arr) - 1);
+    assert_string_equal(json_string_value(json_object_get(last, "type")), "log.pruned");
+    json_t *d = json_object_get(last, "detail");
+    assert_int_equal(json_integer_value(json_object_get(d, "upToSeq")), 5);
+    assert_int_equal(json_integer_value(json_object_get(d, "count")), 5);
+    json_decref(arr);
+
+    db = raw_open(f->path);
+    assert_int_equal(raw_int(db, "SELECT seq FROM chain_checkpoint WHERE id = 1"), 5);
+    assert_int_equal(raw_int(db, "SELECT count(*) FROM outbox WHERE seq NOT IN "
+                                 "(SELECT seq FROM events)"),
+                     0);
+    sqlite3_close(db);
+
+    /* Nothing more can go while 6 is unsent: no deletion, no new event. */
+    assert_int_equal(store_prune(f->s, future), 0);
+    assert_int_equal(store_last_seq(f->s), 11);
+
+    /* Everything acknowledged: the whole log goes, including the first log.pruned;
+     * verification now starts from the new checkpoint. */
+    db = raw_open(f->path);
+    raw_exec(db, "DELETE FROM outbox");
+    sqlite3_close(db);
+    assert_int_equal(store_prune(f->s, future), 6);
+    assert_int_equal(store_event_count(f->s, NULL), 1);
+    assert_int_equal(store_last_seq(f->s), 12);
+    assert_verify_ok(f->s);
+
+    /* The chain continues across a restart. */
+    char err[256];
+    store_close(f->s);
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    assert_int_equal(add_simple(f->s, "station.started"), 13);
+    assert_verify_ok(f->s);
+}
+
+static void test_prune_keeps_outbox(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 1; i <= 4; i++)
+        assert_int_equal(add_simple(f->s, "key.returned"), i);
+    /* Nothing acknowledged: nothing may be pruned however old. */
+    assert_int_equal(store_prune(f->s, clock_wall_ms() + 60000), 0);
+    assert_int_equal(store_event_count(f->s, NULL), 4);
+    assert_int_equal(store_outbox_depth(f->s), 4);
+    assert_int_equal(store_event_count(f->s, "log.pruned"), 0);
+
+    /* Only the head's acknowledgement counts. */
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DELETE FROM outbox WHERE seq IN (2, 3, 4)");
+    sqlite3_close(db);
+    assert_int_equal(store_prune(f->s, clock_wall_ms() + 60000), 0);
+    assert_int_equal(store_event_count(f->s, NULL), 4);
+    assert_verify_ok(f->s);
+}
+
+static void test_prune_by_time(void **state)
+{
+    struct fixture *f = *state;
+    clock_sim_enable(true);
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(add_simple(f->s, "key.checkedOut"), i);
+    assert_true(clock_sim_advance(3600 * 1000));
+    int64_t cut = clock_wall_ms();
+    for (int i = 4; i <= 6; i++)
+        assert_int_equal(add_simple(f->s, "key.returned"), i);
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "DELETE FROM outbox");
+    sqlite3_close(db);
+
+    assert_int_equal(store_prune(f->s, cut), 3);
+    assert_int_equal(store_event_count(f->s, "key.checkedOut"), 0);
+    assert_int_equal(store_event_count(f->s, "key.returned"), 3);
+    assert_verify_ok(f->s);
+    clock_sim_enable(false);
+}
+
+static void test_chain_from_checkpoint_only(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 1; i <= 3; i++)
+        assert_int_equal(add_simple(f->s, "key.checkedOut"), i);
+    store_close(f->s);
+    f->s = NULL;
+
+    /* An empty log with a checkpoint (everything pruned by hand the way store_prune
+     * would): the next event continues after the checkpoint, seq is not reused. */
+    sqlite3 *db = raw_open(f->path);
+    raw_exec(db, "INSERT INTO chain_checkpoint (id, seq, hash, pruned_at)"
+                 " SELECT 1, seq, hash, 0 FROM events WHERE seq = 3;"
+                 "DELETE FROM outbox; DELETE FROM events");
+    sqlite3_close(db);
+    char err[256];
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    assert_int_equal(add_simple(f->s, "station.started"), 4);
+    assert_verify_ok(f->s);
+}
+
+static void test_transactions(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(add_simple(f->s, "station.started"), 1);
+
+    /* Nested commit, outer rollback: nothing of it stays. */
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_int_equal(add_simple(f->s, "key.checkedOut"), 2);
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_int_equal(add_simple(f->s, "key.returned"), 3);
+    assert_int_equal(store_commit(f->s), STORE_OK);
+    store_rollback(f->s);
+    assert_int_equal(store_last_seq(f->s), 1);
+    assert_int_equal(store_outbox_depth(f->s), 1);
+    /* The in-memory chain head was put back: the next event chains to seq 1. */
+    assert_int_equal(add_simple(f->s, "key.checkedOut"), 2);
+    assert_verify_ok(f->s);
+
+    /* Inner rollback dooms the whole transaction. */
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    struct club c = {.id = "club-1", .name = "One"};
+    assert_int_equal(store_club_add(f->s, &c), STORE_OK);
+    assert_int_equal(add_simple(f->s, "key.checkedOut"), 3);
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_int_equal(add_simple(f->s, "key.returned"), 4);
+    store_rollback(f->s);
+    assert_int_equal(add_simple(f->s, "key.returned"), STORE_ERR);
+    struct club c2 = {.id = "club-2", .name = "Two"};
+    assert_int_equal(store_club_add(f->s, &c2), STORE_ERR);
+    assert_int_equal(store_begin(f->s), STORE_ERR);
+    assert_int_equal(store_commit(f->s), STORE_ERR);
+    struct club got;
+    assert_int_equal(store_club_get(f->s, "club-1", &got), STORE_NOTFOUND);
+    assert_int_equal(store_club_get(f->s, "club-2", &got), STORE_NOTFOUND);
+    assert_int_equal(store_last_seq(f->s), 2);
+    assert_int_equal(add_simple(f->s, "key.returned"), 3);
+    assert_verify_ok(f->s);
+
+    /* An expected outcome (conflict) does not spoil the transaction. */
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_int_equal(store_club_add(f->s, &c), STORE_OK);
+    assert_int_equal(store_club_add(f->s, &c), STORE_CONFLICT);
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_int_equal(add_simple(f->s, "key.checkedOut"), 4);
+    assert_int_equal(store_commit(f->s), STORE_OK);
+    assert_int_equal(store_commit(f->s), STORE_OK);
+    assert_int_equal(store_club_get(f->s, "club-1", &got), STORE_OK);
+    assert_int_equal(store_last_seq(f->s), 4);
+
+    /* Unbalanced calls are refused. */
+    assert_int_equal(store_commit(f->s), STORE_ERR);
+    store_rollback(f->s);
+    assert_int_equal(add_simple(f->s, "key.returned"), 5);
+    assert_verify_ok(f->s);
+
+    /* Committed transactions survive a reopen. */
+    char err[256];
+    store_close(f->s);
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    assert_int_equal(store_last_seq(f->s), 5);
+    assert_int_equal(store_club_get(f->s, "club-1", &got), STORE_OK);
+    assert_verify_ok(f->s);
+}
+
+static void test_close_inside_transaction(void **state)
+{
+    struct fixture *f = *state;
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_int_equal(add_simple(f->s, "key.checkedOut"), 1);
+    char err[256];
+    store_close(f->s);
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    assert_int_equal(store_last_seq(f->s), 0);
+    assert_int_equal(add_simple(f->s, "key.checkedOut"), 1);
+    assert_verify_ok(f->s);
+}
+
+static void test_integrity(void **state)
+{
+    struct fixture *f = *state;
+    for (int i = 0; i < 20; i++)
+        assert_true(add_simple(f->s, "key.checkedOut") > 0);
+    char why[256] = "x";
+    assert_int_equal(store_integrity_check(f->s, why, sizeof why), STORE_OK);
+    assert_string_equal(why, "");
+}
+
+int main(void)
+{
+    log_init("test_store", LOG_LVL_WARNING);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_roles),
+        cmocka_unit_test_setup_teardown(test_migrations, setup_file, teardown),
+        cmocka_unit_test(test_open_bad_path),
+        cmocka_unit_test_setup_teardown(test_meta, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_clubs_members, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_credentials, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_bookings, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_bookings_many_clubs, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_comp, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_events, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_detail, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_tamper_null_vs_empty, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_middle, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_delete_head_without_checkpoint, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_prune, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_keeps_outbox, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_by_time, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_chain_from_checkpoint_only, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_transactions, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_close_inside_transaction, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_integrity, setup_memory, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
