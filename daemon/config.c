@@ -48,13 +48,13 @@ enum section_kind {
 #define N_INSTANCES      (N_FIXED_SECTIONS + CONFIG_MAX_COMPARTMENTS)
 
 enum value_type {
-    VAL_ID,            /* identifier: letters, digits and ._:- ; never empty */
-    VAL_TEXT,          /* free text shown to people; may be empty */
-    VAL_PATH,          /* relative paths are taken from the config file's directory */
-    VAL_ZONE,          /* a zone under /usr/share/zoneinfo */
-    VAL_DURATION,      /* duration_parse(), range min_ms..max_ms */
-    VAL_LOG_LEVEL,     /* log_level_parse() */
-    VAL_BOOL,          /* yes/no/true/false/1/0 */
+    VAL_ID,        /* identifier: letters, digits and ._:- ; never empty */
+    VAL_TEXT,      /* free text shown to people; may be empty */
+    VAL_PATH,      /* relative paths are taken from the config file's directory */
+    VAL_ZONE,      /* a zone under /usr/share/zoneinfo */
+    VAL_DURATION,  /* duration_parse(), range min_ms..max_ms */
+    VAL_LOG_LEVEL, /* log_level_parse() */
+    VAL_BOOL,      /* yes/no/true/false/1/0 */
     VAL_READER_BACKEND,
     VAL_AUTH,
     VAL_GPIO_BACKEND,
@@ -113,8 +113,8 @@ static const struct key_def keys[] = {
 
     {SEC_CONTROL, "socket", VAL_PATH, CFG_STR(socket_path), 0, 0, 0},
     {SEC_CONTROL, "group", VAL_GROUP, CFG_STR(socket_group), 0, 0, 0},
-    {SEC_CONTROL, "managers", VAL_USERS, CFG_VAL(managers), offsetof(struct config, n_managers),
-     0, 0},
+    {SEC_CONTROL, "managers", VAL_USERS, CFG_VAL(managers), offsetof(struct config, n_managers), 0,
+     0},
     {SEC_CONTROL, "technicians", VAL_USERS, CFG_VAL(technicians),
      offsetof(struct config, n_technicians), 0, 0},
 
@@ -136,9 +136,9 @@ struct parse {
     int lineno;
     int line_max; /* longest line inih accepts, learnt from the reader's num */
 
-    int inst;          /* current section instance, -1 before any or after a bad one */
+    int inst; /* current section instance, -1 before any or after a bad one */
     int section_line[N_INSTANCES];
-    int key_line[N_INSTANCES][N_KEYS]; /* where each key was set, 0 = not set */
+    int key_line[N_INSTANCES][N_KEYS];          /* where each key was set, 0 = not set */
     int comp_slot[CONFIG_MAX_COMPARTMENTS + 1]; /* number -> index in cfg->compartments */
 
     bool failed;
@@ -364,13 +364,13 @@ static bool line_parse(const char *value, struct line_cfg *out, char *why, size_
                 return false;
             }
             if (!in_charset(tok, "_.:-")) {
-                snprintf(why, whylen,
-                         "line name '%s' may only contain letters, digits and _ . : -", tok);
+                snprintf(why, whylen, "line name '%s' may only contain letters, digits and _ . : -",
+                         tok);
                 return false;
             }
             if (!set_str(out->name, sizeof(out->name), tok)) {
-                snprintf(why, whylen, "line name '%s' is too long (at most %zu characters)",
-                         tok, sizeof(out->name) - 1);
+                snprintf(why, whylen, "line name '%s' is too long (at most %zu characters)", tok,
+                         sizeof(out->name) - 1);
                 return false;
             }
             continue;
@@ -481,7 +481,7 @@ static bool parse_users(struct parse *p, const struct key_def *def, const char *
 static bool set_value(struct parse *p, const struct key_def *def, void *base, const char *value)
 {
     char *field = (char *)base + def->offset;
-    char why[256];
+    char why[512];
     int64_t ms;
 
     /* Strings go back out through config_print() and must survive the trip. */
@@ -493,9 +493,8 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
     switch (def->type) {
     case VAL_ID:
         if (value[0] == '\0' || !in_charset(value, "_.:-"))
-            return fail_at(p, p->lineno,
-                           "%s: expected letters, digits and _ . : - only, got '%s'", def->name,
-                           value);
+            return fail_at(p, p->lineno, "%s: expected letters, digits and _ . : - only, got '%s'",
+                           def->name, value);
         break;
     case VAL_TEXT:
         break;
@@ -527,19 +526,18 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
         duration_format(def->min_ms, lo, sizeof(lo));
         duration_format(def->max_ms, hi, sizeof(hi));
         if (def->max_ms != INT64_MAX && (ms < def->min_ms || ms > def->max_ms))
-            return fail_at(p, p->lineno, "%s: must be between %s and %s, got '%s'", def->name,
-                           lo, hi, value);
+            return fail_at(p, p->lineno, "%s: must be between %s and %s, got '%s'", def->name, lo,
+                           hi, value);
         if (ms < def->min_ms)
-            return fail_at(p, p->lineno, "%s: must be at least %s, got '%s'", def->name, lo,
-                           value);
+            return fail_at(p, p->lineno, "%s: must be at least %s, got '%s'", def->name, lo, value);
         *(int64_t *)(void *)field = ms;
         return true;
     }
     case VAL_LOG_LEVEL:
         if (!log_level_parse(value, (enum log_level *)(void *)field))
             return fail_at(p, p->lineno,
-                           "%s: expected err, warning, notice, info or debug, got '%s'",
-                           def->name, value);
+                           "%s: expected err, warning, notice, info or debug, got '%s'", def->name,
+                           value);
         return true;
     case VAL_BOOL:
         if (!bool_parse(value, (bool *)(void *)field))
@@ -553,8 +551,7 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
         else if (strcmp(value, "libnfc") == 0)
             *b = READER_BACKEND_LIBNFC;
         else
-            return fail_at(p, p->lineno, "%s: expected sim or libnfc, got '%s'", def->name,
-                           value);
+            return fail_at(p, p->lineno, "%s: expected sim or libnfc, got '%s'", def->name, value);
         return true;
     }
     case VAL_AUTH: {
@@ -575,8 +572,7 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
         else if (strcmp(value, "gpiod") == 0)
             *b = GPIO_BACKEND_GPIOD;
         else
-            return fail_at(p, p->lineno, "%s: expected sim or gpiod, got '%s'", def->name,
-                           value);
+            return fail_at(p, p->lineno, "%s: expected sim or gpiod, got '%s'", def->name, value);
         return true;
     }
     case VAL_CHIP:
@@ -590,7 +586,7 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
             return fail_at(p, p->lineno, "%s: '%s' is not a valid group name", def->name, value);
         break;
     case VAL_USERS:
-        return parse_users(p, def, value, (char (*)[CONFIG_NAME_LEN])(void *)field,
+        return parse_users(p, def, value, (char(*)[CONFIG_NAME_LEN])(void *)field,
                            (int *)(void *)((char *)base + def->count_offset));
     case VAL_LINE:
     case VAL_LINE_REQUIRED: {
@@ -1032,11 +1028,44 @@ static void print_value(const struct key_def *def, const void *base, FILE *out)
     }
 }
 
+/* Empty values print as "key =", without trailing blanks that editors strip. */
+static bool value_empty(const struct key_def *def, const void *base)
+{
+    const char *field = (const char *)base + def->offset;
+
+    switch (def->type) {
+    case VAL_ID:
+    case VAL_TEXT:
+    case VAL_PATH:
+    case VAL_ZONE:
+    case VAL_CHIP:
+    case VAL_GROUP:
+        return field[0] == '\0';
+    case VAL_USERS:
+        return *(const int *)(const void *)((const char *)base + def->count_offset) == 0;
+    case VAL_LINE:
+    case VAL_LINE_REQUIRED:
+        return ((const struct line_cfg *)(const void *)field)->name[0] == '\0';
+    case VAL_DURATION:
+    case VAL_LOG_LEVEL:
+    case VAL_BOOL:
+    case VAL_READER_BACKEND:
+    case VAL_AUTH:
+    case VAL_GPIO_BACKEND:
+        return false;
+    }
+    return false;
+}
+
 static void print_section(enum section_kind kind, const void *base, FILE *out)
 {
     for (size_t k = 0; k < N_KEYS; k++) {
         if (keys[k].section != kind)
             continue;
+        if (value_empty(&keys[k], base)) {
+            fprintf(out, "%s =\n", keys[k].name);
+            continue;
+        }
         fprintf(out, "%s = ", keys[k].name);
         print_value(&keys[k], base, out);
         fputc('\n', out);

@@ -182,17 +182,6 @@ static const char *arg_str(json_t *args, const char *name, size_t max, struct cm
     return s;
 }
 
-static const char *arg_opt_str(json_t *args, const char *name, size_t max, struct cmd_err *err,
-                               bool *bad)
-{
-    if (!json_object_get(args, name))
-        return NULL;
-    const char *s = arg_str(args, name, max, err);
-    if (!s)
-        *bad = true;
-    return s;
-}
-
 /* Identifiers: letters, digits, '-', '_', '.', at most STORE_ID_LEN-1. */
 static const char *arg_id(json_t *args, const char *name, struct cmd_err *err)
 {

@@ -44,8 +44,8 @@ enum log_level log_get_level(void)
 
 bool log_level_parse(const char *s, enum log_level *out)
 {
-    static const enum log_level all[] = {LOG_LVL_ERR, LOG_LVL_WARNING, LOG_LVL_NOTICE,
-                                         LOG_LVL_INFO, LOG_LVL_DEBUG};
+    static const enum log_level all[] = {LOG_LVL_ERR, LOG_LVL_WARNING, LOG_LVL_NOTICE, LOG_LVL_INFO,
+                                         LOG_LVL_DEBUG};
 
     for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++) {
         if (strcmp(s, log_level_name(all[i])) == 0) {

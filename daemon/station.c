@@ -1386,6 +1386,14 @@ int station_sim_clock_advance(struct station *st, int64_t ms)
     return 0;
 }
 
+int station_sim_output_hook(struct station *st, void (*hook)(gpio_line, int, void *), void *arg)
+{
+    if (st->gops != &gpio_sim_ops)
+        return STATION_ENOTSIM;
+    gpio_sim_set_output_hook(st->gdev, hook, arg);
+    return 0;
+}
+
 const struct decision *station_last_tap(const struct station *st, int *unlock_rc)
 {
     *unlock_rc = st->last_unlock_rc;

@@ -109,6 +109,8 @@ int station_sim_key(struct station *st, int n, bool present);
 int station_sim_tamper(struct station *st, bool active);
 char *station_sim_outputs(struct station *st); /* malloc'd JSON text */
 int station_sim_clock_advance(struct station *st, int64_t ms);
+/* Calls hook on every simulated output change (latency benchmark). */
+int station_sim_output_hook(struct station *st, void (*hook)(gpio_line, int, void *), void *arg);
 
 /* Outcome of the most recent tap (policy decision and, for a grant, the unlock
  * result). */

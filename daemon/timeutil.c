@@ -151,8 +151,8 @@ static bool local_to_epoch(const struct tm *in, time_t *out)
         alt = *in;
         alt.tm_isdst = !tm.tm_isdst;
         t_alt = mktime(&alt);
-        if (alt.tm_isdst != tm.tm_isdst && alt.tm_hour == in->tm_hour &&
-            alt.tm_min == in->tm_min && alt.tm_mday == in->tm_mday && t_alt < t)
+        if (alt.tm_isdst != tm.tm_isdst && alt.tm_hour == in->tm_hour && alt.tm_min == in->tm_min &&
+            alt.tm_mday == in->tm_mday && t_alt < t)
             t = t_alt;
     }
     *out = t;
@@ -212,8 +212,8 @@ bool time_parse_iso(const char *s, int64_t *ms_out)
     if (*s != '\0')
         return false;
 
-    if (year < 1 || mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) ||
-        hour > 23 || min > 59 || sec > 59 || off_h > 23 || off_m > 59)
+    if (year < 1 || mon < 1 || mon > 12 || day < 1 || day > days_in_month(year, mon) || hour > 23 ||
+        min > 59 || sec > 59 || off_h > 23 || off_m > 59)
         return false;
 
     if (has_offset) {
@@ -280,7 +280,7 @@ bool duration_parse(const char *s, int64_t *ms_out)
         const char *suffix;
         int64_t ms;
     } units[] = {
-        {"", MS_PER_SEC}, {"ms", 1},           {"s", MS_PER_SEC}, {"m", MS_PER_MIN},
+        {"", MS_PER_SEC},    {"ms", 1},          {"s", MS_PER_SEC}, {"m", MS_PER_MIN},
         {"min", MS_PER_MIN}, {"h", MS_PER_HOUR}, {"d", MS_PER_DAY},
     };
     int64_t v = 0;

@@ -15,13 +15,13 @@
 
 #include "daemon/config.h"
 
-static char tmpdir[PATH_MAX];
+static char tmpdir[64];
 
 /* Writes text to DIR/name and returns the path (static buffer, valid until the
  * next call). */
 static const char *write_file(const char *name, const char *text)
 {
-    static char path[PATH_MAX];
+    static char path[128];
     FILE *f;
 
     snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
@@ -284,7 +284,8 @@ static const struct bad_case bad_cases[] = {
     {"unknown key in compartment", ST C1 "hal = x\n", 7, "unknown key 'hal' in [compartment.1]"},
     {"unknown section", ST "[api]\nurl = x\n" C1, 3, "unknown section [api]"},
     {"empty unknown section", ST C1 "[ui]\n", 7, "unknown section [ui]"},
-    {"compartment 0", ST "[compartment.0]\n", 3, "compartment number in [compartment.0] must be 1 to 32"},
+    {"compartment 0", ST "[compartment.0]\n", 3,
+     "compartment number in [compartment.0] must be 1 to 32"},
     {"compartment 33", ST "[compartment.33]\n", 3,
      "compartment number in [compartment.33] must be 1 to 32"},
     {"duplicate key", ST "name = a\nname = b\n" C1, 4,

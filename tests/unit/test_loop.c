@@ -28,7 +28,7 @@ struct recorder {
     struct loop *loop;
     int order[16];
     int n;
-    int remove_id; /* watch to remove from the first callback, 0: none */
+    int remove_id;  /* watch to remove from the first callback, 0: none */
     int quit_after; /* loop_quit() after this many callbacks, 0: never */
 };
 
@@ -346,6 +346,175 @@ static void test_loop_quit_status(void **state)
     loop_free(loop);
 }
 
+/* ---- clock ---- */
+
+static void test_clock_sim(void **state)
+{
+    int64_t mono, wall;
+
+    (void)state;
+    clock_sim_enable(false);
+    assert_false(clock_sim_advance(1000));
+    clock_sim_enable(true);
+    assert_true(clock_sim_enabled());
+    assert_false(clock_sim_advance(0));
+    mono = clock_mono_ms();
+    wall = clock_wall_ms();
+    assert_true(clock_sim_advance(3600000));
+    assert_true(clock_mono_ms() - mono >= 3600000);
+    assert_true(clock_wall_ms() - wall >= 3600000);
+    clock_sim_reset();
+    assert_true(clock_mono_ms() - mono < 3600000);
+    /* Depends on the machine; it must only answer. */
+    (void)clock_synced();
+}
+
+/* ---- timeutil ---- */
+
+static int64_t parsed(const char *s)
+{
+    int64_t ms = -42;
+    if (!time_parse_iso(s, &ms))
+        fail_msg("time_parse_iso(\"%s\") failed", s);
+    return ms;
+}
+
+static void test_time_parse(void **state)
+{
+    static const char *const bad[] = {
+        "",
+        "2026-11-28",
+        "2026-11-28T18",
+        "2026-11-28T18:00+01:00x",
+        "2026-02-29T10:00Z", /* not a leap year */
+        "2026-13-01T10:00Z",
+        "2026-11-28T24:00Z",
+        "2026-11-28T18:60Z",
+        "2026-11-28T18:00:00.Z",
+        "2026-11-28X18:00Z",
+        "26-11-28T18:00Z",
+        "2026-11-28T18:00+1",
+    };
+    int64_t ms;
+
+    (void)state;
+    assert_true(tz_set("Europe/Berlin"));
+    assert_int_equal(parsed("2026-11-28T18:00+01:00"), 1795885200000LL);
+    assert_int_equal(parsed("2025-11-28T18:00+01:00"), 1764349200000LL);
+    assert_int_equal(parsed("2026-11-28T17:00Z"), 1795885200000LL);
+    assert_int_equal(parsed("2026-11-28T17:00:00.123Z"), 1795885200123LL);
+    assert_int_equal(parsed("2026-11-28T17:00:00.5Z"), 1795885200500LL);
+    assert_int_equal(parsed("2026-11-28T12:30-0430"), 1795885200000LL);
+    assert_int_equal(parsed("2026-11-28T18:00:30+01"), 1795885230000LL);
+    assert_int_equal(parsed("2024-02-29T00:00Z"), 1709164800000LL);
+    /* Local time in the process zone, with 'T' or a space. */
+    assert_int_equal(parsed("2026-11-28T18:00"), 1795885200000LL);
+    assert_int_equal(parsed("2026-11-28 18:00"), 1795885200000LL);
+    /* Clocks went forward at 02:00 that night: 03:30 is CEST, 01:30Z. */
+    assert_int_equal(parsed("2026-03-29T03:30"), 1774747800000LL);
+    /* 02:30 does not exist that night. */
+    assert_false(time_parse_iso("2026-03-29T02:30", &ms));
+    /* 02:30 happens twice on 25 October: the first one (CEST, 00:30Z). */
+    assert_int_equal(parsed("2026-10-25T02:30"), 1792888200000LL);
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (time_parse_iso(bad[i], &ms))
+            fail_msg("time_parse_iso(\"%s\") accepted", bad[i]);
+    }
+}
+
+static void test_time_format(void **state)
+{
+    char buf[40];
+
+    (void)state;
+    assert_true(tz_set("Europe/Berlin"));
+    time_format_utc(1795885200123LL, buf, sizeof(buf));
+    assert_string_equal(buf, "2026-11-28T17:00:00.123Z");
+    time_format_utc(-1, buf, sizeof(buf));
+    assert_string_equal(buf, "1969-12-31T23:59:59.999Z");
+    time_format_local(1795885200123LL, buf, sizeof(buf));
+    assert_string_equal(buf, "2026-11-28T18:00:00+01:00");
+    time_format_local(1774747800000LL, buf, sizeof(buf));
+    assert_string_equal(buf, "2026-03-29T03:30:00+02:00");
+    /* What we print, we read back. */
+    assert_int_equal(parsed(buf), 1774747800000LL);
+
+    assert_true(tz_set("America/St_Johns"));
+    time_format_local(1795885200000LL, buf, sizeof(buf));
+    assert_string_equal(buf, "2026-11-28T13:30:00-03:30");
+    assert_true(tz_set("UTC"));
+    time_format_local(1795885200000LL, buf, sizeof(buf));
+    assert_string_equal(buf, "2026-11-28T17:00:00+00:00");
+    assert_true(tz_set("Europe/Berlin"));
+}
+
+static void test_tz(void **state)
+{
+    (void)state;
+    assert_true(tz_exists("Europe/Berlin"));
+    assert_true(tz_exists("UTC"));
+    assert_false(tz_exists(""));
+    assert_false(tz_exists("Europe/Atlantis"));
+    assert_false(tz_exists("/usr/share/zoneinfo/UTC"));
+    assert_false(tz_exists("../zoneinfo/UTC"));
+    assert_false(tz_exists("Europe/../UTC"));
+    assert_false(tz_exists("Europe/"));
+    assert_false(tz_exists("Europe"));   /* a directory */
+    assert_false(tz_exists("zone.tab")); /* a table, not a zone */
+    assert_false(tz_set("Nowhere/City"));
+}
+
+static void test_duration(void **state)
+{
+    static const struct {
+        const char *text;
+        int64_t ms;
+    } good[] = {
+        {"500ms", 500},    {"5s", 5000},  {"2m", 120000}, {"2min", 120000}, {"1h", 3600000},
+        {"7d", 604800000}, {"90", 90000}, {"0", 0},       {"0ms", 0},       {"365d", 31536000000LL},
+    };
+    static const char *const bad[] = {
+        "",
+        "s",
+        "-5s",
+        "+5s",
+        "5 s",
+        "5x",
+        "5sec",
+        "1.5s",
+        "5S",
+        "99999999999999999999",
+        "9223372036854775807s",
+    };
+    static const struct {
+        int64_t ms;
+        const char *text;
+    } fmt[] = {
+        {0, "0s"},      {500, "500ms"},  {1500, "1500ms"}, {5000, "5s"},
+        {90000, "90s"}, {900000, "15m"}, {7200000, "2h"},  {2592000000LL, "30d"},
+    };
+    char buf[24];
+    int64_t ms;
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        if (!duration_parse(good[i].text, &ms))
+            fail_msg("duration_parse(\"%s\") failed", good[i].text);
+        assert_int_equal(ms, good[i].ms);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        if (duration_parse(bad[i], &ms))
+            fail_msg("duration_parse(\"%s\") accepted", bad[i]);
+    }
+    for (size_t i = 0; i < sizeof(fmt) / sizeof(fmt[0]); i++) {
+        duration_format(fmt[i].ms, buf, sizeof(buf));
+        assert_string_equal(buf, fmt[i].text);
+        assert_true(duration_parse(buf, &ms));
+        assert_int_equal(ms, fmt[i].ms);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +527,11 @@ int main(void)
         cmocka_unit_test(test_signal),
         cmocka_unit_test(test_idle_wakeups),
         cmocka_unit_test(test_loop_quit_status),
+        cmocka_unit_test(test_clock_sim),
+        cmocka_unit_test(test_time_parse),
+        cmocka_unit_test(test_time_format),
+        cmocka_unit_test(test_tz),
+        cmocka_unit_test(test_duration),
     };
     return cmocka_run_group_tests(tests, setup_clock, teardown_clock);
 }
