@@ -1303,14 +1303,21 @@ static json_t *event_json(sqlite3_stmt *st)
 {
     char when[40];
     time_format_utc(sqlite3_column_int64(st, 3), when, sizeof when);
-    json_t *o = json_pack(
-        "{s:I, s:s, s:s, s:s, s:{s:b}, s:s, s:I}", "seq", (json_int_t)sqlite3_column_int64(st, 0),
-        "eventId", (const char *)sqlite3_column_text(st, 1), "type",
-        (const char *)sqlite3_column_text(st, 2), "occurredAt", when, "clock", "synced",
-        sqlite3_column_int(st, 5) != 0, "bootId", (const char *)sqlite3_column_text(st, 6),
-        "monoMs", (json_int_t)sqlite3_column_int64(st, 4));
-    if (o == NULL)
+    json_t *o = json_object();
+    json_t *clock = json_object();
+    if (o == NULL || clock == NULL) {
+        json_decref(o);
+        json_decref(clock);
         return NULL;
+    }
+    json_object_set_new(o, "seq", json_integer(sqlite3_column_int64(st, 0)));
+    json_object_set_new(o, "eventId", json_string((const char *)sqlite3_column_text(st, 1)));
+    json_object_set_new(o, "type", json_string((const char *)sqlite3_column_text(st, 2)));
+    json_object_set_new(o, "occurredAt", json_string(when));
+    json_object_set_new(clock, "synced", json_boolean(sqlite3_column_int(st, 5) != 0));
+    json_object_set_new(o, "clock", clock);
+    json_object_set_new(o, "bootId", json_string((const char *)sqlite3_column_text(st, 6)));
+    json_object_set_new(o, "monoMs", json_integer(sqlite3_column_int64(st, 4)));
     if (sqlite3_column_type(st, 7) != SQLITE_NULL)
         json_object_set_new(o, "compartment", json_integer(sqlite3_column_int64(st, 7)));
     static const char *const keys[] = {"member",  "credential", "club",
@@ -1576,4 +1583,14 @@ int store_integrity_check(struct store *s, char *why, size_t whylen)
 int64_t store_outbox_depth(struct store *s)
 {
     return query_int(s, stmt(s, Q_OUTBOX_DEPTH), "outbox depth");
+}
+
+int store_checkpoint(struct store *s)
+{
+    if (s->depth > 0)
+        return STORE_OK; /* never inside a transaction: it would only be deferred */
+    int rc = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY)
+        return db_error(s, "checkpoint");
+    return STORE_OK;
 }

@@ -200,6 +200,11 @@ int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t why
  * number of deleted events or STORE_ERR. */
 int64_t store_prune(struct store *s, int64_t before_ms);
 
+/* Copies the WAL into the database file and truncates the WAL. lockerd calls it
+ * when the station is idle, so that the occasional checkpoint never lands on a
+ * tap. No-op inside a transaction. */
+int store_checkpoint(struct store *s);
+
 /* Runs PRAGMA integrity_check. STORE_OK or STORE_CONFLICT (message in why). */
 int store_integrity_check(struct store *s, char *why, size_t whylen);
 /* Outbox depth (events not yet acknowledged by the city API). */

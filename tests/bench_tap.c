@@ -116,6 +116,8 @@ static void run(const char *label, const char *dir, long taps, long events, long
     int64_t t0 = clock_mono_ns_raw();
     if (events || bookings)
         fill(s, events, bookings);
+    /* A station that has lived with this history has long checkpointed it. */
+    must(store_checkpoint(s) == STORE_OK, "checkpoint");
     double fill_s = (double)(clock_mono_ns_raw() - t0) / 1e9;
 
     struct loop *loop = loop_new();

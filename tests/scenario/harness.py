@@ -308,7 +308,8 @@ class Station:
         """Runs `lockerctl --json ARGS`; returns a CtlResult (.rc, .data, .stdout, .stderr).
         With check=True a non-zero exit or non-JSON output fails the test."""
         r = self.ctl_raw(*args, **kw)
-        if check and (r.rc != 0 or r.json_error is not None):
+        bad_json = kw.get("json_out", True) and r.json_error is not None
+        if check and (r.rc != 0 or bad_json):
             raise AssertionError("%r\n%s" % (r, self.stderr_tail()))
         return r
 
