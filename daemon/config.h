@@ -20,8 +20,8 @@
 #include "daemon/log.h"
 
 #define CONFIG_MAX_COMPARTMENTS 32
-#define CONFIG_MAX_USERS 16
-#define CONFIG_NAME_LEN 64
+#define CONFIG_MAX_USERS        16
+#define CONFIG_NAME_LEN         64
 
 enum gpio_backend { GPIO_BACKEND_SIM, GPIO_BACKEND_GPIOD };
 enum reader_backend { READER_BACKEND_SIM, READER_BACKEND_LIBNFC };
@@ -50,13 +50,13 @@ struct config {
     /* [station] */
     char station_id[CONFIG_NAME_LEN]; /* required */
     char station_name[128];
-    char state_dir[PATH_MAX];        /* default /var/lib/lockerd */
-    char runtime_dir[PATH_MAX];      /* default $RUNTIME_DIRECTORY or /run/lockerd */
-    char site_key_file[PATH_MAX];    /* default STATE_DIR/site.key */
-    char timezone[CONFIG_NAME_LEN];  /* default Europe/Berlin */
-    int64_t retention_ms;            /* default 365d; events older are pruned */
-    enum log_level log_level;        /* default info */
-    bool sim_clock;                  /* default no; only allowed with sim gpio */
+    char state_dir[PATH_MAX];       /* default /var/lib/lockerd */
+    char runtime_dir[PATH_MAX];     /* default $RUNTIME_DIRECTORY or /run/lockerd */
+    char site_key_file[PATH_MAX];   /* default STATE_DIR/site.key */
+    char timezone[CONFIG_NAME_LEN]; /* default Europe/Berlin */
+    int64_t retention_ms;           /* default 365d; events older are pruned */
+    enum log_level log_level;       /* default info */
+    bool sim_clock;                 /* default no; only allowed with sim gpio */
 
     /* [reader] */
     enum reader_backend reader_backend; /* default sim */
@@ -64,20 +64,20 @@ struct config {
     enum card_auth auth;                /* default desfire */
 
     /* [gpio] */
-    enum gpio_backend gpio_backend; /* default sim */
+    enum gpio_backend gpio_backend;  /* default sim */
     char gpio_chip[CONFIG_NAME_LEN]; /* default chip for bare offsets */
     int64_t max_energize_ms;         /* default 5s, at most 30s */
     struct line_cfg tamper;          /* optional enclosure tamper switch */
 
     /* [policy] */
-    int64_t pickup_window_ms;  /* how early before a slot the key may be taken; 15m */
-    int64_t late_tolerance_ms; /* how long after slot start a pickup is allowed; 30m */
-    int64_t return_grace_ms;   /* key.overdue after slot end plus this; 15m */
+    int64_t pickup_window_ms;   /* how early before a slot the key may be taken; 15m */
+    int64_t late_tolerance_ms;  /* how long after slot start a pickup is allowed; 30m */
+    int64_t return_grace_ms;    /* key.overdue after slot end plus this; 15m */
     int64_t offline_max_age_ms; /* synced data older than this is not trusted; 72h */
     int64_t door_open_alarm_ms; /* door.heldOpen after this; 2m */
 
     /* [control] */
-    char socket_path[PATH_MAX]; /* default RUNTIME_DIR/control.sock */
+    char socket_path[PATH_MAX];         /* default RUNTIME_DIR/control.sock */
     char socket_group[CONFIG_NAME_LEN]; /* default lockerd-admin (if the group exists) */
     /* Unix user names with these roles on the control socket; root and the daemon's
      * own user are always technicians. Everyone else who can reach the socket is a

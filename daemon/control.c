@@ -32,9 +32,9 @@
 #include "daemon/log.h"
 #include "daemon/timeutil.h"
 
-#define LINE_MAX_BYTES 65536
-#define OUT_MAX_BYTES (32u << 20)
-#define EVENTS_PAGE 1000
+#define LINE_MAX_BYTES    65536
+#define OUT_MAX_BYTES     (32u << 20)
+#define EVENTS_PAGE       1000
 #define ENROLL_DEFAULT_MS 60000
 
 struct client {
@@ -346,9 +346,9 @@ static json_t *cmd_events(struct client *cl, json_t *args, struct cmd_err *err)
     if (json_is_true(json_object_get(args, "follow"))) {
         cl->follow = true;
         size_t n = json_array_size(events);
-        cl->follow_seq = n ? json_integer_value(json_object_get(json_array_get(events, n - 1),
-                                                                "seq"))
-                           : (since ? since : store_last_seq(s));
+        cl->follow_seq =
+            n ? json_integer_value(json_object_get(json_array_get(events, n - 1), "seq"))
+              : (since ? since : store_last_seq(s));
     }
     return json_pack("{s:o,s:I,s:b}", "events", events, "lastSeq", (json_int_t)store_last_seq(s),
                      "more", json_array_size(events) == EVENTS_PAGE);
@@ -382,8 +382,8 @@ static json_t *cmd_booking_add(struct client *cl, json_t *args, struct cmd_err *
     rc = store_booking_add(s, &b);
     if (rc == STORE_CONFLICT) {
         store_rollback(s);
-        return fail(err, "conflict",
-                    "compartment %d already has a booking overlapping that time", b.compartment);
+        return fail(err, "conflict", "compartment %d already has a booking overlapping that time",
+                    b.compartment);
     }
     if (rc != STORE_OK || !audit(cl, "booking.created", &ev) || store_commit(s) != STORE_OK) {
         store_rollback(s);
@@ -417,8 +417,10 @@ static json_t *cmd_booking_cancel(struct client *cl, json_t *args, struct cmd_er
     if (b.status == BOOKING_CANCELLED)
         return fail(err, "conflict", "booking '%s' is already cancelled", id);
     if (strcmp(b.source, "local") != 0)
-        return fail(err, "read_only", "booking '%s' comes from the city's booking service; "
-                                      "cancel it there", id);
+        return fail(err, "read_only",
+                    "booking '%s' comes from the city's booking service; "
+                    "cancel it there",
+                    id);
     struct event ev = {.compartment = b.compartment, .club_id = b.club_id, .booking_id = id};
     if (store_begin(s) != STORE_OK || store_booking_cancel(s, id) != STORE_OK ||
         !audit(cl, "booking.cancelled", &ev) || store_commit(s) != STORE_OK) {
@@ -673,11 +675,11 @@ static json_t *station_result(int rc, int n, struct cmd_err *err)
 {
     if (rc == 0)
         return json_pack("{s:i}", "compartment", n);
-    const char *code = rc == STATION_EBUSY    ? "busy"
-                       : rc == STATION_ESTATE ? "wrong_state"
-                       : rc == STATION_EINVAL ? "bad_request"
+    const char *code = rc == STATION_EBUSY     ? "busy"
+                       : rc == STATION_ESTATE  ? "wrong_state"
+                       : rc == STATION_EINVAL  ? "bad_request"
                        : rc == STATION_ENOTSIM ? "not_simulated"
-                                              : "internal_error";
+                                               : "internal_error";
     return fail(err, code, "compartment %d: %s", n, station_strerror(rc));
 }
 
@@ -726,8 +728,8 @@ static json_t *cmd_sync_status(struct client *cl, json_t *args, struct cmd_err *
     (void)args;
     (void)err;
     return json_pack("{s:s,s:b,s:I,s:I,s:n,s:n,s:n}", "mode", "local", "configured", 0,
-                     "outboxDepth", (json_int_t)store_outbox_depth(cl->ctl->store),
-                     "deadLetters", (json_int_t)0, "cursor", "lastSuccess", "lastError");
+                     "outboxDepth", (json_int_t)store_outbox_depth(cl->ctl->store), "deadLetters",
+                     (json_int_t)0, "cursor", "lastSuccess", "lastError");
 }
 
 static json_t *cmd_sync_now(struct client *cl, json_t *args, struct cmd_err *err)

@@ -32,7 +32,7 @@
 #include "daemon/timeutil.h"
 
 #define DEFAULT_CONFIG "/etc/lockerd/lockerd.conf"
-#define SITE_KEY_LEN 32
+#define SITE_KEY_LEN   32
 
 struct daemon {
     char config_path[PATH_MAX];
@@ -241,8 +241,7 @@ int main(int argc, char **argv)
     log_notice("station %s ready: %d compartments, gpio %s, reader %s, control %s",
                d.cfg->station_id, d.cfg->n_compartments,
                d.cfg->gpio_backend == GPIO_BACKEND_SIM ? "sim" : "gpiod",
-               d.cfg->reader_backend == READER_BACKEND_SIM ? "sim" : "libnfc",
-               d.cfg->socket_path);
+               d.cfg->reader_backend == READER_BACKEND_SIM ? "sim" : "libnfc", d.cfg->socket_path);
     sd_notify(0, "READY=1");
 
     int status = loop_run(d.loop);

@@ -14,9 +14,9 @@
 
 #include "daemon/log.h"
 
-#define MAX_CLUBS 16
+#define MAX_CLUBS      16
 #define MAX_CANDIDATES 32
-#define DAY_MS (24LL * 3600 * 1000)
+#define DAY_MS         (24LL * 3600 * 1000)
 
 const char *refusal_code(enum refusal r)
 {
@@ -114,8 +114,8 @@ static void decide_pickup(const struct config *cfg, struct store *store, char cl
     struct booking cand[MAX_CANDIDATES];
     /* Bookings that have not ended and start within the next week: the ones that
      * can be picked up now, and the next one for the refusal message. */
-    int n = store_bookings_for_clubs(store, clubs, nclubs, now, now + 7 * DAY_MS, cand,
-                                     MAX_CANDIDATES);
+    int n =
+        store_bookings_for_clubs(store, clubs, nclubs, now, now + 7 * DAY_MS, cand, MAX_CANDIDATES);
     if (n < 0) {
         refuse(d, REFUSE_INTERNAL);
         return;

@@ -17,17 +17,17 @@
 
 enum refusal {
     REFUSE_NONE,
-    REFUSE_INSECURE_CARD,    /* UID-only card where auth = desfire, or DESFire auth failed */
-    REFUSE_UNKNOWN_CARD,     /* no credential for this card */
-    REFUSE_REVOKED,          /* credential revoked */
-    REFUSE_EXPIRED,          /* outside the credential's validity dates */
-    REFUSE_DATA_TOO_OLD,     /* synced data older than offline_max_age */
-    REFUSE_NO_BOOKING,       /* none of the member's clubs has a booking now */
-    REFUSE_OUTSIDE_WINDOW,   /* a booking exists but too early or too late to pick up */
-    REFUSE_KEY_ALREADY_OUT,  /* the booked compartment's key is out */
-    REFUSE_OUT_OF_SERVICE,   /* the compartment is out of service */
-    REFUSE_BUSY,             /* the compartment is being opened right now */
-    REFUSE_INTERNAL,         /* the database could not be read: fail secure */
+    REFUSE_INSECURE_CARD,   /* UID-only card where auth = desfire, or DESFire auth failed */
+    REFUSE_UNKNOWN_CARD,    /* no credential for this card */
+    REFUSE_REVOKED,         /* credential revoked */
+    REFUSE_EXPIRED,         /* outside the credential's validity dates */
+    REFUSE_DATA_TOO_OLD,    /* synced data older than offline_max_age */
+    REFUSE_NO_BOOKING,      /* none of the member's clubs has a booking now */
+    REFUSE_OUTSIDE_WINDOW,  /* a booking exists but too early or too late to pick up */
+    REFUSE_KEY_ALREADY_OUT, /* the booked compartment's key is out */
+    REFUSE_OUT_OF_SERVICE,  /* the compartment is out of service */
+    REFUSE_BUSY,            /* the compartment is being opened right now */
+    REFUSE_INTERNAL,        /* the database could not be read: fail secure */
 };
 
 /* Stable reason code used on the wire and in events, e.g. "no_booking". */
@@ -47,15 +47,15 @@ enum policy_action { POLICY_REFUSE, POLICY_PICKUP, POLICY_RETURN };
 
 struct decision {
     enum policy_action action;
-    enum refusal reason;     /* REFUSE_NONE unless action == POLICY_REFUSE */
-    int compartment;         /* for pickup/return, and for refusals tied to one */
-    bool have_credential;    /* credential and member below are valid */
+    enum refusal reason;  /* REFUSE_NONE unless action == POLICY_REFUSE */
+    int compartment;      /* for pickup/return, and for refusals tied to one */
+    bool have_credential; /* credential and member below are valid */
     struct credential credential;
     struct member member;
     char club_id[STORE_ID_LEN];
     bool have_booking;
-    struct booking booking;  /* the booking a pickup is for */
-    int64_t next_start_ms;   /* next booking start of the member's clubs, 0 = none known */
+    struct booking booking; /* the booking a pickup is for */
+    int64_t next_start_ms;  /* next booking start of the member's clubs, 0 = none known */
 };
 
 /* Decides what a tap of the card identified by uid_hmac means now. Never fails: a

@@ -31,12 +31,12 @@
 #include "daemon/log.h"
 #include "daemon/timeutil.h"
 
-#define HOUSEKEEPING_MS (24LL * 3600 * 1000)
-#define SITE_KEY_MAX 64
+#define HOUSEKEEPING_MS     (24LL * 3600 * 1000)
+#define SITE_KEY_MAX        64
 #define CHECKPOINT_DELAY_MS 2000
 
 enum comp_event {
-    CE_UNLOCK,           /* an unlock was committed: energise the coil */
+    CE_UNLOCK, /* an unlock was committed: energise the coil */
     CE_DOOR_OPEN,
     CE_DOOR_CLOSE,
     CE_KEY_IN,
@@ -328,8 +328,7 @@ static void overdue_fired(void *arg)
         c->row.overdue_reported = true;
         if (emit(st, &ev) > 0 && store_comp_save(st->store, &c->row) == STORE_OK &&
             store_commit(st->store) == STORE_OK) {
-            log_warnx("compartment %d: key overdue (holder %s)", c->number,
-                      c->row.holder_member);
+            log_warnx("compartment %d: key overdue (holder %s)", c->number, c->row.holder_member);
         } else {
             store_rollback(st->store);
             c->row.overdue_reported = false;
@@ -520,8 +519,7 @@ static void fsm_locked(struct comp *c, enum comp_event ev, bool key_was_present)
         enter_state(c, CS_UNLOCKING);
         break;
     case CE_DOOR_OPEN:
-        emit_comp(c, "door.forced", NULL,
-                  json_pack("{s:b}", "keyPresent", key_was_present));
+        emit_comp(c, "door.forced", NULL, json_pack("{s:b}", "keyPresent", key_was_present));
         log_warnx("compartment %d: door forced open", c->number);
         enter_state(c, CS_FORCED_OPEN);
         break;
@@ -704,7 +702,7 @@ static int comp_unlock(struct comp *c, const struct unlock_req *req)
     struct station *st = c->st;
     if (c->state != CS_LOCKED_FULL && c->state != CS_LOCKED_EMPTY)
         return c->state == CS_SENSOR_FAULT || c->state == CS_OUT_OF_SERVICE ? STATION_ESTATE
-                                                                             : STATION_EBUSY;
+                                                                            : STATION_EBUSY;
     struct comp_row next = c->row;
     snprintf(next.purpose, sizeof(next.purpose), "%s", req->purpose);
     snprintf(next.pending_member, sizeof(next.pending_member), "%s",
@@ -766,15 +764,18 @@ static void build_views(struct station *st, struct comp_view *views)
         v->number = c->number;
         v->key_present = c->key_present;
         v->out_of_service = c->state == CS_SENSOR_FAULT || c->state == CS_OUT_OF_SERVICE;
-        v->busy = !(c->state == CS_LOCKED_FULL || c->state == CS_LOCKED_EMPTY) && !v->out_of_service;
+        v->busy =
+            !(c->state == CS_LOCKED_FULL || c->state == CS_LOCKED_EMPTY) && !v->out_of_service;
         snprintf(v->holder_member, sizeof(v->holder_member), "%s", c->row.holder_member);
         snprintf(v->holder_club, sizeof(v->holder_club), "%s", c->row.holder_club);
     }
 }
 
-static void record_refusal(struct station *st, const struct decision *d, const struct card_read *card)
+static void record_refusal(struct station *st, const struct decision *d,
+                           const struct card_read *card)
 {
-    json_t *detail = json_pack("{s:s}", "card", card->kind == CARD_KIND_DESFIRE ? "desfire" : "uid");
+    json_t *detail =
+        json_pack("{s:s}", "card", card->kind == CARD_KIND_DESFIRE ? "desfire" : "uid");
     if (d->next_start_ms) {
         char when[40];
         time_format_utc(d->next_start_ms, when, sizeof(when));
@@ -921,8 +922,7 @@ static int request_line(struct station *st, const struct line_cfg *line, enum gp
 }
 
 struct station *station_new(const struct config *cfg, struct store *store, struct loop *loop,
-                            const uint8_t *site_key, size_t site_key_len, char *err,
-                            size_t errlen)
+                            const uint8_t *site_key, size_t site_key_len, char *err, size_t errlen)
 {
     struct station *st = xcalloc(1, sizeof(*st));
     int rc = 0;
@@ -986,13 +986,15 @@ struct station *station_new(const struct config *cfg, struct store *store, struc
         goto err_close_gpio;
     }
     if (st->gops->event_fd(st->gdev) >= 0) {
-        st->gpio_watch = loop_add_fd(loop, st->gops->event_fd(st->gdev), EPOLLIN, gpio_readable, st);
+        st->gpio_watch =
+            loop_add_fd(loop, st->gops->event_fd(st->gdev), EPOLLIN, gpio_readable, st);
         if (st->gpio_watch < 0) {
             snprintf(err, errlen, "cannot watch gpio events: %s", strerror(-st->gpio_watch));
             goto err_close_reader;
         }
     }
-    st->reader_watch = loop_add_fd(loop, st->rops->event_fd(st->rdev), EPOLLIN, reader_readable, st);
+    st->reader_watch =
+        loop_add_fd(loop, st->rops->event_fd(st->rdev), EPOLLIN, reader_readable, st);
     if (st->reader_watch < 0) {
         snprintf(err, errlen, "cannot watch reader events: %s", strerror(-st->reader_watch));
         goto err_remove_gpio_watch;
@@ -1071,8 +1073,8 @@ static void rebuild(struct comp *c)
     c->state = locked_state(c);
 
     if (c->row.out_of_service) {
-        c->state = strncmp(c->row.oos_reason, "sensor:", 7) == 0 ? CS_SENSOR_FAULT
-                                                                 : CS_OUT_OF_SERVICE;
+        c->state =
+            strncmp(c->row.oos_reason, "sensor:", 7) == 0 ? CS_SENSOR_FAULT : CS_OUT_OF_SERVICE;
     } else if (c->row.purpose[0]) {
         /* We went down during an unlock. The coil is off (driven off at open). */
         if (c->door_open) {
@@ -1085,7 +1087,8 @@ static void rebuild(struct comp *c)
         }
     } else if (c->door_open) {
         c->state = CS_FORCED_OPEN;
-        emit_comp(c, "door.forced", "open_at_start", json_pack("{s:b}", "keyPresent", c->key_present));
+        emit_comp(c, "door.forced", "open_at_start",
+                  json_pack("{s:b}", "keyPresent", c->key_present));
         int id = loop_add_timer(st->loop, st->cfg->door_open_alarm_ms, held_timeout, c);
         c->held_timer = id > 0 ? id : 0;
     } else if (c->key_present && c->row.holder_member[0]) {
@@ -1274,16 +1277,15 @@ json_t *station_status_json(struct station *st)
     for (int i = 0; i < st->ncomps; i++) {
         const struct comp *c = &st->comps[i];
         int lock = st->gops->get(st->gdev, c->lock);
-        json_t *o = json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:s}", "number", c->number, "state",
-                              comp_state_name(c->state), "door", c->door_open ? "open" : "closed",
-                              "key", c->key_present ? "in" : "out", "lock",
-                              lock > 0 ? "energised" : "off", "keyLabel", c->cfg->key_label,
-                              "hall", c->cfg->hall);
+        json_t *o =
+            json_pack("{s:i,s:s,s:s,s:s,s:s,s:s,s:s}", "number", c->number, "state",
+                      comp_state_name(c->state), "door", c->door_open ? "open" : "closed", "key",
+                      c->key_present ? "in" : "out", "lock", lock > 0 ? "energised" : "off",
+                      "keyLabel", c->cfg->key_label, "hall", c->cfg->hall);
         if (c->row.holder_member[0]) {
             json_object_set_new(o, "holder",
-                                json_pack("{s:s,s:s,s:s}", "member", c->row.holder_member,
-                                          "club", c->row.holder_club, "booking",
-                                          c->row.holder_booking));
+                                json_pack("{s:s,s:s,s:s}", "member", c->row.holder_member, "club",
+                                          c->row.holder_club, "booking", c->row.holder_booking));
             json_object_set_new(o, "since", time_json(c->row.holder_since_ms));
             json_object_set_new(o, "due", time_json(c->row.due_ms));
         }
@@ -1312,19 +1314,19 @@ json_t *station_status_json(struct station *st)
             break;
         }
         if (alarm)
-            json_array_append_new(alarms, json_pack("{s:s,s:i}", "type", alarm, "compartment",
-                                                    c->number));
+            json_array_append_new(alarms,
+                                  json_pack("{s:s,s:i}", "type", alarm, "compartment", c->number));
         if (c->row.overdue_reported && !c->key_present)
-            json_array_append_new(alarms, json_pack("{s:s,s:i}", "type", "key.overdue",
-                                                    "compartment", c->number));
+            json_array_append_new(
+                alarms, json_pack("{s:s,s:i}", "type", "key.overdue", "compartment", c->number));
     }
     if (st->tamper_active)
         json_array_append_new(alarms, json_pack("{s:s}", "type", "station.tamper"));
 
-    json_t *station = json_pack("{s:s,s:s,s:o,s:b,s:s,s:s,s:s}", "id", st->cfg->station_id, "name",
-                                st->cfg->station_name, "time", time_json(now), "clockSynced",
-                                clock_synced(), "gpio", st->gops->name, "reader", st->rops->name,
-                                "version", LOCKERD_VERSION);
+    json_t *station =
+        json_pack("{s:s,s:s,s:o,s:b,s:s,s:s,s:s}", "id", st->cfg->station_id, "name",
+                  st->cfg->station_name, "time", time_json(now), "clockSynced", clock_synced(),
+                  "gpio", st->gops->name, "reader", st->rops->name, "version", LOCKERD_VERSION);
     json_t *sync = json_pack("{s:s,s:I}", "mode", "local", "outboxDepth",
                              (json_int_t)store_outbox_depth(st->store));
     return json_pack("{s:o,s:o,s:o,s:o}", "station", station, "compartments", comps, "alarms",

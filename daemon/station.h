@@ -23,12 +23,12 @@
 #include "daemon/store.h"
 #include "hal/hal.h"
 
-#define STATION_EINVAL (-1)   /* no such compartment, bad argument */
-#define STATION_EBUSY (-2)    /* compartment is unlocking or open */
-#define STATION_ESTORE (-3)   /* the event could not be committed: nothing was done */
-#define STATION_EHW (-4)      /* hardware call failed */
-#define STATION_ENOTSIM (-5)  /* a sim command on real hardware */
-#define STATION_ESTATE (-6)   /* not possible in the current state */
+#define STATION_EINVAL  (-1) /* no such compartment, bad argument */
+#define STATION_EBUSY   (-2) /* compartment is unlocking or open */
+#define STATION_ESTORE  (-3) /* the event could not be committed: nothing was done */
+#define STATION_EHW     (-4) /* hardware call failed */
+#define STATION_ENOTSIM (-5) /* a sim command on real hardware */
+#define STATION_ESTATE  (-6) /* not possible in the current state */
 
 const char *station_strerror(int err);
 
@@ -61,8 +61,7 @@ typedef void (*station_tap_cb)(const struct decision *d, const uint8_t uid_hmac[
  * with a message in err. The station keeps pointers to cfg, store and loop: they
  * must outlive it. */
 struct station *station_new(const struct config *cfg, struct store *store, struct loop *loop,
-                            const uint8_t *site_key, size_t site_key_len, char *err,
-                            size_t errlen);
+                            const uint8_t *site_key, size_t site_key_len, char *err, size_t errlen);
 /* Drives every lock inactive, closes the devices and frees. Accepts NULL. */
 void station_free(struct station *st);
 /* Rebuilds each compartment from its sensors and stored intent and logs
@@ -85,13 +84,11 @@ void station_set_tap_hook(struct station *st, station_tap_cb cb, void *arg);
 /* A card tap (called by the reader callback; public for tests). */
 void station_card(struct station *st, const struct card_read *card);
 /* HMAC-SHA256(site key, uid). */
-void station_uid_hmac(const struct station *st, const uint8_t *uid, size_t len,
-                      uint8_t out[32]);
+void station_uid_hmac(const struct station *st, const uint8_t *uid, size_t len, uint8_t out[32]);
 
 /* Service open by an operator (role checked by the caller): logs service.open and
  * unlocks. */
-int station_service_open(struct station *st, int n, const char *operator_name,
-                         const char *reason);
+int station_service_open(struct station *st, int n, const char *operator_name, const char *reason);
 /* Clears a sensor fault or manual out-of-service and rebuilds from the sensors. */
 int station_clear(struct station *st, int n, const char *operator_name, const char *reason);
 /* Takes a compartment out of service (technician). */

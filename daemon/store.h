@@ -28,12 +28,12 @@
 
 #include <jansson.h>
 
-#define STORE_OK 0
+#define STORE_OK       0
 #define STORE_NOTFOUND 1
 #define STORE_CONFLICT 2 /* unique id taken, or a booking overlapping another */
-#define STORE_ERR (-1)
+#define STORE_ERR      (-1)
 
-#define STORE_ID_LEN 64
+#define STORE_ID_LEN   64
 #define STORE_HMAC_LEN 32
 #define STORE_HASH_LEN 32
 
@@ -82,17 +82,17 @@ struct credential {
     char id[STORE_ID_LEN];
     char member_id[STORE_ID_LEN];
     uint8_t uid_hmac[STORE_HMAC_LEN];
-    char card_type[16];      /* "desfire" or "uid" */
-    int64_t valid_from_ms;   /* 0 = no lower bound */
-    int64_t valid_until_ms;  /* 0 = no upper bound */
+    char card_type[16];     /* "desfire" or "uid" */
+    int64_t valid_from_ms;  /* 0 = no lower bound */
+    int64_t valid_until_ms; /* 0 = no upper bound */
     enum credential_status status;
-    char source[16];         /* "local" or "city" */
-    int64_t synced_at_ms;    /* for source "city": when the data was last confirmed */
+    char source[16];      /* "local" or "city" */
+    int64_t synced_at_ms; /* for source "city": when the data was last confirmed */
 };
 
-int store_club_add(struct store *s, const struct club *c);              /* CONFLICT if id taken */
-int store_club_get(struct store *s, const char *id, struct club *out);  /* OK/NOTFOUND/ERR */
-int store_member_add(struct store *s, const struct member *m);          /* CONFLICT if id taken */
+int store_club_add(struct store *s, const struct club *c);             /* CONFLICT if id taken */
+int store_club_get(struct store *s, const char *id, struct club *out); /* OK/NOTFOUND/ERR */
+int store_member_add(struct store *s, const struct member *m);         /* CONFLICT if id taken */
 int store_member_get(struct store *s, const char *id, struct member *out);
 /* Adds the member to a club (idempotent). NOTFOUND if member or club is unknown. */
 int store_member_join(struct store *s, const char *member_id, const char *club_id);
@@ -114,8 +114,8 @@ struct booking {
     int compartment;
     int64_t start_ms, end_ms; /* UTC, end exclusive */
     enum booking_status status;
-    char source[16];          /* "local" or "city" */
-    int64_t collected_ms;     /* first key.checkedOut in this slot, 0 = not collected */
+    char source[16];      /* "local" or "city" */
+    int64_t collected_ms; /* first key.checkedOut in this slot, 0 = not collected */
     int64_t synced_at_ms;
 };
 
@@ -139,7 +139,7 @@ json_t *store_bookings_json(struct store *s, int64_t from_ms);
 /* ---- compartments: what must survive a restart ---- */
 struct comp_row {
     int number;
-    bool out_of_service;         /* latched sensor fault or manual; cleared by a technician */
+    bool out_of_service; /* latched sensor fault or manual; cleared by a technician */
     char oos_reason[64];
     /* The unlock in progress, committed before the coil is energised, so that a
      * restart knows why a door may be open. purpose is "", "pickup", "return" or
@@ -154,7 +154,7 @@ struct comp_row {
     char holder_club[STORE_ID_LEN];
     char holder_booking[STORE_ID_LEN];
     int64_t holder_since_ms;
-    int64_t due_ms;              /* booking end + return grace; 0 = none */
+    int64_t due_ms; /* booking end + return grace; 0 = none */
     bool overdue_reported;
 };
 
@@ -164,9 +164,9 @@ int store_comp_save(struct store *s, const struct comp_row *row);
 
 /* ---- events ---- */
 struct event {
-    const char *type;          /* "key.checkedOut", ... (required) */
-    int compartment;           /* 0 = station-wide */
-    const char *member_id;     /* NULL (or "", stored as NULL) when not applicable */
+    const char *type;      /* "key.checkedOut", ... (required) */
+    int compartment;       /* 0 = station-wide */
+    const char *member_id; /* NULL (or "", stored as NULL) when not applicable */
     const char *credential_id;
     const char *club_id;
     const char *booking_id;

@@ -51,7 +51,7 @@ struct gpio_dev {
     struct sim_saved saved[SIM_MAX_LINES];
     int nsaved;
     bool fresh;
-    char state_path[PATH_MAX];
+    char state_path[PATH_MAX + 32];
     int log_fd;
     int pipe_rd, pipe_wr;
     gpio_edge_cb cb;
@@ -80,7 +80,7 @@ static void load_state(struct gpio_dev *dev)
 /* Written to a temporary file and renamed, so a crash never leaves half a file. */
 static int save_state(struct gpio_dev *dev)
 {
-    char tmp[PATH_MAX + 8];
+    char tmp[PATH_MAX + 64];
     snprintf(tmp, sizeof(tmp), "%s.tmp", dev->state_path);
     FILE *f = fopen(tmp, "we");
     if (!f)

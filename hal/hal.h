@@ -97,8 +97,7 @@ const struct reader_ops *hal_reader_ops(enum reader_backend backend);
  * opened by the sim backends. */
 
 /* Presents a card in the field. Returns 0 or -errno (-EINVAL for a bad UID). */
-int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len,
-                   enum card_kind kind);
+int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len, enum card_kind kind);
 int reader_sim_remove(struct reader_dev *dev);
 
 /* Sets a simulated input line by its config name. -ENOENT if unknown, -EPERM if it

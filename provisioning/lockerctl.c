@@ -22,11 +22,11 @@
 #include "daemon/log.h"
 #include "daemon/timeutil.h"
 
-#define EXIT_REFUSED 1
-#define EXIT_USAGE 2
+#define EXIT_REFUSED     1
+#define EXIT_USAGE       2
 #define EXIT_UNREACHABLE 3
-#define EXIT_VERIFY 4
-#define DEFAULT_SOCKET "/run/lockerd/control.sock"
+#define EXIT_VERIFY      4
+#define DEFAULT_SOCKET   "/run/lockerd/control.sock"
 
 struct ctl {
     const char *socket_path;
@@ -307,8 +307,8 @@ static void print_event(json_t *e)
         time_format_local(ms, when, sizeof(when));
     printf("%6lld  %s  %-22s", (long long)json_integer_value(json_object_get(e, "seq")), when,
            json_string_value(json_object_get(e, "type")));
-    static const char *const fields[] = {"compartment", "member", "club", "booking",
-                                         "credential", "reason", "operator"};
+    static const char *const fields[] = {"compartment", "member", "club",    "booking",
+                                         "credential",  "reason", "operator"};
     for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
         json_t *v = json_object_get(e, fields[i]);
         if (json_is_integer(v))
@@ -433,10 +433,10 @@ static int cmd_booking_add(struct ctl *ctl, int argc, char **argv)
         return usage_error("%s", "booking add needs --club, --compartment, --from and --to");
     if (!parse_int(comp, 1, 1000, &n))
         return usage_error("--compartment takes a number, not '%s'", comp);
-    return simple(ctl, "booking.add",
-                  json_pack("{s:s,s:i,s:s,s:s}", "club", club, "compartment", (int)n, "from", from,
-                            "to", to),
-                  print_id);
+    return simple(
+        ctl, "booking.add",
+        json_pack("{s:s,s:i,s:s,s:s}", "club", club, "compartment", (int)n, "from", from, "to", to),
+        print_id);
 }
 
 static void print_bookings(json_t *r)
@@ -470,8 +470,8 @@ static int cmd_booking_list(struct ctl *ctl, int argc, char **argv)
     static const char *const flags[] = {"--all", NULL};
     int rc = expect(argc, argv, NULL, flags, NULL, 0);
     return rc ? rc
-              : simple(ctl, "booking.list", json_pack("{s:b}", "all", opt_flag(argc, argv, "--all")),
-                       print_bookings);
+              : simple(ctl, "booking.list",
+                       json_pack("{s:b}", "all", opt_flag(argc, argv, "--all")), print_bookings);
 }
 
 static int cmd_booking_cancel(struct ctl *ctl, int argc, char **argv)
@@ -594,7 +594,8 @@ static int cmd_card_revoke(struct ctl *ctl, int argc, char **argv)
 
 static void print_compartment_done(json_t *r)
 {
-    printf("compartment %lld: done\n", (long long)json_integer_value(json_object_get(r, "compartment")));
+    printf("compartment %lld: done\n",
+           (long long)json_integer_value(json_object_get(r, "compartment")));
 }
 
 static int compartment_reason(struct ctl *ctl, const char *cmd, int argc, char **argv)
@@ -680,12 +681,11 @@ static void print_tap(json_t *r)
     } else if (strcmp(outcome, "enrolment") == 0) {
         printf("card handed to the waiting enrolment\n");
     } else {
-        printf("granted: %s, compartment %lld unlocked%s%s\n", outcome,
-               (long long)json_integer_value(n),
-               json_object_get(r, "unlockError") ? " FAILED: " : "",
-               json_object_get(r, "unlockError")
-                   ? json_string_value(json_object_get(r, "unlockError"))
-                   : "");
+        printf(
+            "granted: %s, compartment %lld unlocked%s%s\n", outcome,
+            (long long)json_integer_value(n), json_object_get(r, "unlockError") ? " FAILED: " : "",
+            json_object_get(r, "unlockError") ? json_string_value(json_object_get(r, "unlockError"))
+                                              : "");
     }
 }
 
@@ -717,7 +717,8 @@ static int cmd_sim_remove(struct ctl *ctl, int argc, char **argv)
 
 static void print_comp_state(json_t *r)
 {
-    printf("compartment %lld: %s\n", (long long)json_integer_value(json_object_get(r, "compartment")),
+    printf("compartment %lld: %s\n",
+           (long long)json_integer_value(json_object_get(r, "compartment")),
            json_string_value(json_object_get(r, "state")));
 }
 
@@ -769,7 +770,7 @@ static void print_outputs(json_t *r)
     {
         printf("%-16s %-6s %-5lld %lld\n", json_string_value(json_object_get(l, "line")),
                strcmp(json_string_value(json_object_get(l, "direction")), "output") == 0 ? "out"
-                                                                                          : "in",
+                                                                                         : "in",
                (long long)json_integer_value(json_object_get(l, "value")),
                (long long)json_integer_value(json_object_get(l, "activations")));
     }
@@ -816,7 +817,8 @@ static const struct cmd commands[] = {
      cmd_member_join},
     {"card", "add", "MEMBER --uid HEX [--card desfire|uid]", "register a card by its UID",
      cmd_card_add},
-    {"card", "enroll", "MEMBER [--timeout SECONDS]", "register the next card tapped", cmd_card_enroll},
+    {"card", "enroll", "MEMBER [--timeout SECONDS]", "register the next card tapped",
+     cmd_card_enroll},
     {"card", "revoke", "ID", "revoke a card", cmd_card_revoke},
     {"open", NULL, "N --reason TEXT", "service open (managers, technicians); logged", cmd_open},
     {"clear", NULL, "N --reason TEXT", "clear a sensor fault / put back in service (technicians)",

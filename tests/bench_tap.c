@@ -26,7 +26,7 @@
 #include "daemon/store.h"
 
 #define MIN_MS (60LL * 1000)
-#define H_MS (60 * MIN_MS)
+#define H_MS   (60 * MIN_MS)
 
 static const uint8_t UID[7] = {0x04, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66};
 static const uint8_t SITE_KEY[32] = {7};
@@ -79,8 +79,10 @@ static void fill(struct store *s, long events, long bookings)
     static const char *const types[] = {"access.granted", "key.checkedOut", "key.returned",
                                         "access.denied"};
     for (long i = 0; i < events; i++) {
-        struct event ev = {.type = types[i % 4], .compartment = 2 + (int)(i % 3),
-                           .member_id = "m-hist", .club_id = "club-1"};
+        struct event ev = {.type = types[i % 4],
+                           .compartment = 2 + (int)(i % 3),
+                           .member_id = "m-hist",
+                           .club_id = "club-1"};
         must(store_event_add(s, &ev) > 0, "event");
         if (i % 100000 == 99999) { /* keep the WAL bounded */
             must(store_commit(s) == STORE_OK, "commit");
@@ -127,11 +129,17 @@ static void run(const char *label, const char *dir, long taps, long events, long
 
     struct club club = {.id = "club-bench", .name = "Bench"};
     struct member m = {.id = "m-bench", .name = "Bench", .role = ROLE_MEMBER};
-    struct credential cr = {.id = "c-bench", .member_id = "m-bench", .status = CRED_ACTIVE,
-                            .card_type = "desfire", .source = "local"};
+    struct credential cr = {.id = "c-bench",
+                            .member_id = "m-bench",
+                            .status = CRED_ACTIVE,
+                            .card_type = "desfire",
+                            .source = "local"};
     station_uid_hmac(st, UID, sizeof(UID), cr.uid_hmac);
-    struct booking b = {.id = "b-bench", .club_id = "club-bench", .compartment = 1,
-                        .start_ms = clock_wall_ms() - MIN_MS, .end_ms = clock_wall_ms() + 24 * H_MS,
+    struct booking b = {.id = "b-bench",
+                        .club_id = "club-bench",
+                        .compartment = 1,
+                        .start_ms = clock_wall_ms() - MIN_MS,
+                        .end_ms = clock_wall_ms() + 24 * H_MS,
                         .source = "local"};
     must(store_club_add(s, &club) == STORE_OK && store_member_add(s, &m) == STORE_OK &&
              store_member_join(s, "m-bench", "club-bench") == STORE_OK &&

@@ -14,7 +14,7 @@
 #include "daemon/policy.h"
 #include "daemon/store.h"
 
-#define H (3600LL * 1000)
+#define H   (3600LL * 1000)
 #define MIN (60LL * 1000)
 #define NOW (1795885200000LL) /* 2026-11-28T17:00:00Z */
 
@@ -193,8 +193,8 @@ static void test_expired(void **state)
 {
     struct fixture *f = *state;
     uint8_t h[32] = {7};
-    struct credential c = {.status = CRED_ACTIVE, .valid_from_ms = NOW - 10 * H,
-                           .valid_until_ms = NOW - H};
+    struct credential c = {
+        .status = CRED_ACTIVE, .valid_from_ms = NOW - 10 * H, .valid_until_ms = NOW - H};
     snprintf(c.id, sizeof(c.id), "c-old");
     snprintf(c.member_id, sizeof(c.member_id), "m-a");
     memcpy(c.uid_hmac, h, 32);
@@ -226,7 +226,9 @@ static void test_offline_data_too_old(void **state)
     assert_int_equal(decide(f, h, NOW).action, POLICY_PICKUP);
 
     /* A city booking synced too long ago is not trusted either. */
-    struct booking b = {.compartment = 3, .start_ms = NOW + 3 * H, .end_ms = NOW + 4 * H,
+    struct booking b = {.compartment = 3,
+                        .start_ms = NOW + 3 * H,
+                        .end_ms = NOW + 4 * H,
                         .synced_at_ms = NOW - 100 * H};
     snprintf(b.id, sizeof(b.id), "r-1");
     snprintf(b.club_id, sizeof(b.club_id), "club-b");

@@ -21,7 +21,7 @@
 #include "daemon/store.h"
 
 #define MIN (60LL * 1000)
-#define H (60 * MIN)
+#define H   (60 * MIN)
 
 static const uint8_t UID_A[7] = {0x04, 0xA1, 0xB2, 0xC3, 0xD4, 0xE5, 0xF6};
 static const uint8_t UID_X[4] = {0xDE, 0xAD, 0xBE, 0xEF};
@@ -106,11 +106,17 @@ static int setup(void **state)
     /* One club, one member with a card, a booking from now for two hours. */
     struct club club = {.id = "club-42", .name = "SV Warnemuende"};
     struct member m = {.id = "m-1", .name = "Anna", .role = ROLE_MEMBER};
-    struct credential cr = {.id = "c-1", .member_id = "m-1", .status = CRED_ACTIVE,
-                            .card_type = "desfire", .source = "local"};
+    struct credential cr = {.id = "c-1",
+                            .member_id = "m-1",
+                            .status = CRED_ACTIVE,
+                            .card_type = "desfire",
+                            .source = "local"};
     station_uid_hmac(f->st, UID_A, sizeof(UID_A), cr.uid_hmac);
-    struct booking b = {.id = "b-1", .club_id = "club-42", .compartment = 2,
-                        .start_ms = clock_wall_ms(), .end_ms = clock_wall_ms() + 2 * H,
+    struct booking b = {.id = "b-1",
+                        .club_id = "club-42",
+                        .compartment = 2,
+                        .start_ms = clock_wall_ms(),
+                        .end_ms = clock_wall_ms() + 2 * H,
                         .source = "local"};
     assert_int_equal(store_club_add(f->store, &club), STORE_OK);
     assert_int_equal(store_member_add(f->store, &m), STORE_OK);
