@@ -1154,8 +1154,12 @@ void control_free(struct control *ctl)
     if (!ctl)
         return;
     station_set_event_listener(ctl->st, NULL, NULL);
-    while (ctl->clients)
-        client_close(ctl->clients);
+    struct client *cl = ctl->clients;
+    while (cl) {
+        struct client *next = cl->next;
+        client_close(cl);
+        cl = next;
+    }
     loop_remove(ctl->loop, ctl->watch);
     close(ctl->fd);
     if (ctl->unlink_on_free)

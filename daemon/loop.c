@@ -32,7 +32,7 @@
 
 #define MAX_EVENTS 32
 /* Far-away deadlines are armed in steps; an extra wakeup a week is free. */
-#define MAX_ARM_MS (7 * 24 * 3600 * INT64_C(1000))
+#define MAX_ARM_MS (INT64_C(7) * 24 * 3600 * 1000)
 
 enum watch_kind { WATCH_FD, WATCH_TIMER, WATCH_SIGNAL };
 

@@ -91,20 +91,24 @@ static size_t load_site_key(const char *path, uint8_t *key, size_t max)
     return (size_t)n;
 }
 
+static bool same_line(const struct line_cfg *a, const struct line_cfg *b)
+{
+    return strcmp(a->name, b->name) == 0 && a->active_low == b->active_low && a->bias == b->bias;
+}
+
 /* Hardware settings cannot change while lines are requested: keep the running
  * ones and say so. */
 static bool hardware_changed(const struct config *a, const struct config *b)
 {
     if (a->gpio_backend != b->gpio_backend || a->reader_backend != b->reader_backend ||
         a->n_compartments != b->n_compartments || strcmp(a->state_dir, b->state_dir) != 0 ||
-        strcmp(a->socket_path, b->socket_path) != 0 ||
-        memcmp(&a->tamper, &b->tamper, sizeof(a->tamper)) != 0 || a->sim_clock != b->sim_clock)
+        strcmp(a->socket_path, b->socket_path) != 0 || !same_line(&a->tamper, &b->tamper) ||
+        a->sim_clock != b->sim_clock)
         return true;
     for (int i = 0; i < a->n_compartments; i++) {
         const struct compartment_cfg *x = &a->compartments[i], *y = &b->compartments[i];
-        if (x->number != y->number || memcmp(&x->lock, &y->lock, sizeof(x->lock)) != 0 ||
-            memcmp(&x->door, &y->door, sizeof(x->door)) != 0 ||
-            memcmp(&x->key, &y->key, sizeof(x->key)) != 0)
+        if (x->number != y->number || !same_line(&x->lock, &y->lock) ||
+            !same_line(&x->door, &y->door) || !same_line(&x->key, &y->key))
             return true;
     }
     return false;

@@ -218,8 +218,8 @@ bool time_parse_iso(const char *s, int64_t *ms_out)
 
     if (has_offset) {
         int64_t days = days_from_civil(year, mon, day);
-        int64_t secs = days * 86400 + hour * 3600 + min * 60 + sec;
-        secs -= (int64_t)off_sign * (off_h * 3600 + off_m * 60);
+        int64_t secs = days * 86400 + (int64_t)hour * 3600 + (int64_t)min * 60 + sec;
+        secs -= (int64_t)off_sign * ((int64_t)off_h * 3600 + (int64_t)off_m * 60);
         *ms_out = secs * MS_PER_SEC + ms;
         return true;
     }

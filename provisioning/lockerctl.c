@@ -215,6 +215,8 @@ static int positionals(int argc, char **argv, const char *const *valued, const c
 static bool parse_int(const char *s, long min, long max, long *out)
 {
     char *end;
+    if (!s)
+        return false;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < min || v > max)
@@ -476,7 +478,7 @@ static int cmd_booking_list(struct ctl *ctl, int argc, char **argv)
 
 static int cmd_booking_cancel(struct ctl *ctl, int argc, char **argv)
 {
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, NULL, NULL, pos, 1);
     return rc ? rc : simple(ctl, "booking.cancel", json_pack("{s:s}", "id", pos[0]), print_id);
 }
@@ -485,7 +487,7 @@ static int cmd_booking_cancel(struct ctl *ctl, int argc, char **argv)
 
 static int cmd_club_add(struct ctl *ctl, int argc, char **argv)
 {
-    char *pos[2];
+    char *pos[2] = {NULL, NULL};
     int rc = expect(argc, argv, NULL, NULL, pos, 2);
     return rc ? rc
               : simple(ctl, "club.add", json_pack("{s:s,s:s}", "id", pos[0], "name", pos[1]),
@@ -525,7 +527,7 @@ static int cmd_member_add(struct ctl *ctl, int argc, char **argv)
 static int cmd_member_join(struct ctl *ctl, int argc, char **argv)
 {
     static const char *const valued[] = {"--club", NULL};
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, valued, NULL, pos, 1);
     if (rc)
         return rc;
@@ -549,7 +551,7 @@ static void print_card(json_t *r)
 static int cmd_card_add(struct ctl *ctl, int argc, char **argv)
 {
     static const char *const valued[] = {"--uid", "--card", NULL};
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, valued, NULL, pos, 1);
     if (rc)
         return rc;
@@ -567,7 +569,7 @@ static int cmd_card_add(struct ctl *ctl, int argc, char **argv)
 static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
 {
     static const char *const valued[] = {"--timeout", NULL};
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, valued, NULL, pos, 1);
     if (rc)
         return rc;
@@ -585,7 +587,7 @@ static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
 
 static int cmd_card_revoke(struct ctl *ctl, int argc, char **argv)
 {
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, NULL, NULL, pos, 1);
     return rc ? rc : simple(ctl, "card.revoke", json_pack("{s:s}", "id", pos[0]), print_id);
 }
@@ -601,7 +603,7 @@ static void print_compartment_done(json_t *r)
 static int compartment_reason(struct ctl *ctl, const char *cmd, int argc, char **argv)
 {
     static const char *const valued[] = {"--reason", NULL};
-    char *pos[1];
+    char *pos[1] = {NULL};
     long n;
     bool bad = false;
     int rc = expect(argc, argv, valued, NULL, pos, 1);
@@ -692,7 +694,7 @@ static void print_tap(json_t *r)
 static int cmd_sim_tap(struct ctl *ctl, int argc, char **argv)
 {
     static const char *const valued[] = {"--card", NULL};
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, valued, NULL, pos, 1);
     if (rc)
         return rc;
@@ -725,7 +727,7 @@ static void print_comp_state(json_t *r)
 static int sim_comp(struct ctl *ctl, const char *cmd, const char *field, const char *a,
                     const char *b, int argc, char **argv)
 {
-    char *pos[2];
+    char *pos[2] = {NULL, NULL};
     long n;
     int rc = expect(argc, argv, NULL, NULL, pos, 2);
     if (rc)
@@ -752,7 +754,7 @@ static int cmd_sim_key(struct ctl *ctl, int argc, char **argv)
 
 static int cmd_sim_tamper(struct ctl *ctl, int argc, char **argv)
 {
-    char *pos[1];
+    char *pos[1] = {NULL};
     int rc = expect(argc, argv, NULL, NULL, pos, 1);
     if (rc)
         return rc;
@@ -789,7 +791,7 @@ static void print_now(json_t *r)
 
 static int cmd_sim_clock(struct ctl *ctl, int argc, char **argv)
 {
-    char *pos[2];
+    char *pos[2] = {NULL, NULL};
     int rc = expect(argc, argv, NULL, NULL, pos, 2);
     if (rc)
         return rc;

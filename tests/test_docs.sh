@@ -173,7 +173,7 @@ if [ "$have_mandoc" = yes ]; then
         if ! awk -v h="$head" '$0 == h || index($0, h "  ") == 1 { found = 1 } END { exit !found }' \
             "$tmp/man_rendered"; then
             name=$(printf '%s\n' "$head" | cmd_names)
-            got=$(awk -v n="$name " 'index($0, n) == 1 { print; exit }' "$tmp/man_rendered")
+            got=$(awk -v n="$name" '$0 == n || index($0, n " ") == 1 { print; exit }' "$tmp/man_rendered")
             fail "lockerctl.8 entry for '$name' does not match --help: help has '$head', man page renders '${got:-nothing}'"
         fi
     done <"$tmp/help_heads"
@@ -199,10 +199,10 @@ done
 
 # lockerd: every option of the usage text has an ".It Fl X" entry in lockerd.8.
 "$lockerd" -h >"$tmp/lockerd_help" 2>&1 || fail "lockerd -h exited non-zero"
-for o in $(sed -n 's/^  -\([A-Za-z]\).*/\1/p' "$tmp/lockerd_help"); do
+while read -r o; do
     grep -q "^\.It Fl $o\( \|$\)" "$man/lockerd.8" ||
         fail "lockerd option -$o (lockerd -h) is not documented in $man/lockerd.8"
-done
+done < <(sed -n 's/^  -\([A-Za-z]\).*/\1/p' "$tmp/lockerd_help")
 
 # ---------------------------------------------------------------- c. mandoc lint
 say "c. mandoc -Tlint -W warning"
@@ -226,7 +226,7 @@ say "d. event types, refusal reasons and compartment states (code against locker
     grep -ohE '"[a-z]+\.[a-z][A-Za-z]*"' daemon/station.c daemon/store.c
     grep -ohE 'audit\(cl, "[a-z]+\.[a-z][A-Za-z]*"' daemon/control.c | grep -oE '"[^"]+"'
 } | tr -d '"' | sort -u >"$tmp/code_events"
-man_section "$man/lockerd.8" EVENTS | sed -n 's/^\.It Cm //p' | tr ' ,' '\n\n' |
+man_section "$man/lockerd.8" EVENTS | sed -n 's/^\.It Cm //p' | sed 's/[ ,]/\n/g' |
     grep -E '^[a-z]+\.[a-z][A-Za-z]*$' | sort -u >"$tmp/man_events"
 
 # The body of a C function that maps an enum to names: its `return "name";` lines.

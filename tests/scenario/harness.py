@@ -99,6 +99,38 @@ def uid_variants(uid_hex):
     return out
 
 
+def pair_activations(events, sim_log, lock_line, compartment,
+                     authorising=("access.granted", "service.open")):
+    """Log before act: greedy in-order pairing of every coil activation ("set" to 1 of
+    lock_line in the sim output log) with an authorising event of the compartment
+    committed before it. A compartment unlocks at most once per event and only from a
+    locked state, so the event for an activation also comes after the previous
+    activation; older unpaired events are left over from a crash between commit and
+    coil. Each event pairs with at most one activation.
+    Returns (problems, n_activations, n_events, n_unpaired_events)."""
+    acts = [wall for wall, _, line, value, why in sim_log
+            if line == lock_line and value == 1 and why == "set"]
+    grants = sorted((e["seq"], ms_of(parse_time(e["occurredAt"])))
+                    for e in events
+                    if e["type"] in authorising and e.get("compartment") == compartment)
+    problems = []
+    j = 0
+    prev = None
+    for i, wall in enumerate(acts):
+        while j < len(grants) and prev is not None and grants[j][1] < prev:
+            j += 1
+        if j >= len(grants) or grants[j][1] > wall:
+            problems.append("compartment %d: activation #%d at %d ms has no authorising event "
+                            "between the previous activation (%s) and it; next event: %s"
+                            % (compartment, i + 1, wall, prev,
+                               grants[j] if j < len(grants) else None))
+            continue
+        j += 1
+        prev = wall
+    paired = len(acts) - len(problems)
+    return problems, len(acts), len(grants), len(grants) - paired
+
+
 class CtlResult:
     def __init__(self, args, rc, stdout, stderr):
         self.args = args

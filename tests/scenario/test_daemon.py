@@ -2,14 +2,13 @@
 hash-chained event log and pruning."""
 
 import os
-import re
 import signal
 import sqlite3
 import subprocess
 import unittest
 
-from harness import (LOCK_LINES, LOCKERD, REPO, Station, StationTestCase, sanitizer_env,
-                     uid_variants, wait_until)
+from harness import (LOCK_LINES, LOCKERD, REPO, StationTestCase, sanitizer_env, uid_variants,
+                     wait_until)
 
 UID_A = "04A1B2C3"
 

@@ -4,22 +4,20 @@ lockerctl against a lockerd on simulated hardware."""
 import datetime
 import json
 import os
+import pwd
+import queue
 import stat
 import subprocess
-import tempfile
+import threading
 import unittest
 
-from harness import (LOCK_LINES, LOCKERCTL, Station, StationTestCase, parse_time,
-                     sanitizer_env, wait_until)
+from harness import (LOCK_LINES, LOCKERCTL, StationTestCase, parse_time, sanitizer_env,
+                     wait_until)
 
 UID_A = "04A1B2C3"
 UID_B = "04B1B2C3"
 UID_C = "04C1B2C3"
 UID_STRANGER = "04FFEE01"  # never registered
-
-
-def types(events):
-    return [e["type"] for e in events]
 
 
 def reap(proc):
@@ -309,7 +307,6 @@ class AlarmTest(StationTestCase):
         e = st.wait_event("service.open", since=seq0, compartment=3)
         self.assertEqual(e["reason"], "replace key tag")
         self.assertTrue(e.get("operator"), "service.open must name the operator: %r" % e)
-        import pwd
         self.assertEqual(e["operator"], pwd.getpwuid(os.geteuid()).pw_name)
         self.assertEqual(st.door(3, "open")["state"], "open_service")
         self.assertEqual(st.lock_value(3), 0)
@@ -594,8 +591,6 @@ class CliTest(StationTestCase):
         self.assertEqual(stat.S_IMODE(mode), 0o660)
 
     def test_events_follow(self):
-        import queue
-        import threading
         st = self.make_station()
         p = subprocess.Popen([LOCKERCTL, "-s", st.sock, "--json", "events", "--follow"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=sanitizer_env())
