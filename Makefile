@@ -86,6 +86,7 @@ unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 check:
 	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins
 	$(MAKE) BUILD=build-san unit scenario
+	tests/test_docs.sh build-san
 
 unit:
 	@set -e; for t in $(UNIT_TESTS); do echo "== unit: $$t"; $(BUILD)/tests/$$t; done
@@ -105,7 +106,10 @@ install: all
 	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 $(BUILD)/lockerd $(DESTDIR)$(SBINDIR)/lockerd
 	install -m 0755 $(BUILD)/lockerctl $(DESTDIR)$(BINDIR)/lockerctl
-	install -m 0640 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
+	# A configured station keeps its config; the sample is always installed beside it.
+	install -m 0644 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf.sample
+	test -e $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf || \
+	    install -m 0640 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
 	install -m 0644 docs/man/lockerd.8 docs/man/lockerctl.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 docs/man/lockerd.conf.5 $(DESTDIR)$(MANDIR)/man5/
 

@@ -41,6 +41,7 @@ struct daemon {
     struct loop *loop;
     struct station *station;
     struct control *control;
+    bool debug; /* -d: stays in force across reloads */
 };
 
 static void usage(FILE *out)
@@ -136,7 +137,7 @@ static void on_reload(int signo, void *arg)
     }
     if (strcmp(next->timezone, d->cfg->timezone) != 0 && !tz_set(next->timezone))
         log_errx("reload: cannot use time zone %s", next->timezone);
-    log_set_level(next->log_level);
+    log_set_level(d->debug ? LOG_LVL_DEBUG : next->log_level);
     station_reconfigure(d->station, next);
     control_reconfigure(d->control, next);
     free(d->cfg);
@@ -173,6 +174,7 @@ int main(int argc, char **argv)
             break;
         case 'd':
             debug = true;
+            d.debug = true;
             break;
         case 'V':
             printf("lockerd %s\n", LOCKERD_VERSION);

@@ -179,6 +179,7 @@ enum query {
     Q_OUTBOX_MIN,
     Q_LAST_BEFORE,
     Q_PRUNE_DELETE,
+    Q_PRUNE_OUTBOX,
     Q_OUTBOX_DEPTH,
     Q_INTEGRITY,
     Q_COUNT
@@ -239,6 +240,7 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_OUTBOX_MIN] = "SELECT min(seq) FROM outbox",
     [Q_LAST_BEFORE] = "SELECT seq, hash FROM events WHERE seq < ?1 ORDER BY seq DESC LIMIT 1",
     [Q_PRUNE_DELETE] = "DELETE FROM events WHERE seq <= ?1",
+    [Q_PRUNE_OUTBOX] = "DELETE FROM outbox WHERE seq <= ?1",
     [Q_OUTBOX_DEPTH] = "SELECT count(*) FROM outbox",
     [Q_INTEGRITY] = "PRAGMA integrity_check",
 };
@@ -1481,7 +1483,9 @@ int64_t store_prune(struct store *s, int64_t before_ms)
     if (store_begin(s) != STORE_OK)
         return STORE_ERR;
 
-    /* The prefix ends before the first row that is recent or still unsent. */
+    /* The prefix ends before the first recent row. Retention is a promise to the
+     * members: an event older than it goes even if the city never acknowledged it
+     * (the count is recorded in the log.pruned event). */
     int64_t bound = INT64_MAX;
     sqlite3_stmt *st = stmt(s, Q_FIRST_RECENT);
     if (!bind_int(st, 1, before_ms))
@@ -1491,15 +1495,6 @@ int64_t store_prune(struct store *s, int64_t before_ms)
         bound = sqlite3_column_int64(st, 0);
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        goto err;
-
-    st = stmt(s, Q_OUTBOX_MIN);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL &&
-        sqlite3_column_int64(st, 0) < bound)
-        bound = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW)
         goto err;
 
     st = stmt(s, Q_LAST_BEFORE);
@@ -1521,6 +1516,14 @@ int64_t store_prune(struct store *s, int64_t before_ms)
         memcpy(hash, h, STORE_HASH_LEN);
     sqlite3_reset(st);
 
+    st = stmt(s, Q_PRUNE_OUTBOX);
+    if (!bind_int(st, 1, upto) || sqlite3_step(st) != SQLITE_DONE) {
+        sqlite3_reset(st);
+        goto err;
+    }
+    int64_t unsent = sqlite3_changes(s->db);
+    sqlite3_reset(st);
+
     st = stmt(s, Q_PRUNE_DELETE);
     if (!bind_int(st, 1, upto) || sqlite3_step(st) != SQLITE_DONE) {
         sqlite3_reset(st);
@@ -1537,8 +1540,8 @@ int64_t store_prune(struct store *s, int64_t before_ms)
     }
     sqlite3_reset(st);
 
-    json_t *detail =
-        json_pack("{s:I, s:I}", "upToSeq", (json_int_t)upto, "count", (json_int_t)count);
+    json_t *detail = json_pack("{s:I, s:I, s:I}", "upToSeq", (json_int_t)upto, "count",
+                               (json_int_t)count, "unsent", (json_int_t)unsent);
     struct event ev = {.type = "log.pruned", .detail = detail};
     int64_t seq = detail != NULL ? store_event_add(s, &ev) : STORE_ERR;
     json_decref(detail);

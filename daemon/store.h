@@ -194,10 +194,11 @@ int64_t store_event_count(struct store *s, const char *type);
 /* Recomputes the hash chain. STORE_OK if intact; STORE_CONFLICT if broken, with the
  * first bad seq in *bad_seq and a reason in why. */
 int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t whylen);
-/* Deletes events that occurred before before_ms, keeping the chain verifiable: the
- * hash of the last deleted row is kept as the checkpoint, and a "log.pruned" event
- * records what was removed. Events still in the outbox are never pruned. Returns the
- * number of deleted events or STORE_ERR. */
+/* Deletes the oldest events, up to the first that occurred at or after before_ms,
+ * keeping the chain verifiable: the hash of the last deleted row is kept as the
+ * checkpoint, and a "log.pruned" event records what was removed, including how many
+ * of them were still waiting in the outbox (retention wins over delivery). Returns
+ * the number of deleted events or STORE_ERR. */
 int64_t store_prune(struct store *s, int64_t before_ms);
 
 /* Copies the WAL into the database file and truncates the WAL. lockerd calls it

@@ -809,7 +809,7 @@ static const struct cmd commands[] = {
      "event log; --verify checks the hash chain", cmd_events},
     {"booking", "add", "--club CLUB --compartment N --from TIME --to TIME",
      "add a booking (TIME like 2026-11-28T18:00+01:00)", cmd_booking_add},
-    {"booking", "list", "[--all]", "bookings not yet over (--all: also past and cancelled)",
+    {"booking", "list", "[--all]", "bookings not yet over, cancelled ones marked (--all: also past ones)",
      cmd_booking_list},
     {"booking", "cancel", "ID", "cancel a local booking", cmd_booking_cancel},
     {"club", "add", "ID NAME", "add a club", cmd_club_add},

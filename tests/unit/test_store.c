@@ -686,45 +686,39 @@ static void test_prune(void **state)
     for (int i = 1; i <= 10; i++)
         assert_int_equal(add_simple(f->s, "key.checkedOut"), i);
 
-    /* The city acknowledged 1-5 and 7: 6 is still unsent, so only 1-5 may go. */
+    /* The city acknowledged 1-5 and 7; 6, 8, 9 and 10 are still unsent. Retention
+     * wins: all ten go, and the log.pruned event says how many were unsent. */
     sqlite3 *db = raw_open(f->path);
     raw_exec(db, "DELETE FROM outbox WHERE seq <= 5 OR seq = 7");
     sqlite3_close(db);
 
     int64_t future = clock_wall_ms() + 60000;
-    assert_int_equal(store_prune(f->s, future), 5);
+    assert_int_equal(store_prune(f->s, future), 10);
     assert_verify_ok(f->s);
     assert_int_equal(store_last_seq(f->s), 11);
-    assert_int_equal(store_event_count(f->s, NULL), 6); /* 6-10 and log.pruned */
+    assert_int_equal(store_event_count(f->s, NULL), 1);
     assert_int_equal(store_event_count(f->s, "log.pruned"), 1);
-    assert_int_equal(store_outbox_depth(f->s), 5); /* 6, 8, 9, 10, 11 */
+    assert_int_equal(store_outbox_depth(f->s), 1); /* the log.pruned event itself */
 
     json_t *arr = store_events_json(f->s, 0, 0);
-    assert_int_equal(json_integer_value(json_object_get(json_array_get(arr, 0), "seq")), 6);
-    json_t *last = json_array_get(arr, json_array_size(arr) - 1);
+    json_t *last = json_array_get(arr, 0);
     assert_string_equal(json_string_value(json_object_get(last, "type")), "log.pruned");
     json_t *d = json_object_get(last, "detail");
-    assert_int_equal(json_integer_value(json_object_get(d, "upToSeq")), 5);
-    assert_int_equal(json_integer_value(json_object_get(d, "count")), 5);
+    assert_int_equal(json_integer_value(json_object_get(d, "upToSeq")), 10);
+    assert_int_equal(json_integer_value(json_object_get(d, "count")), 10);
+    assert_int_equal(json_integer_value(json_object_get(d, "unsent")), 4);
     json_decref(arr);
 
     db = raw_open(f->path);
-    assert_int_equal(raw_int(db, "SELECT seq FROM chain_checkpoint WHERE id = 1"), 5);
+    assert_int_equal(raw_int(db, "SELECT seq FROM chain_checkpoint WHERE id = 1"), 10);
     assert_int_equal(raw_int(db, "SELECT count(*) FROM outbox WHERE seq NOT IN "
                                  "(SELECT seq FROM events)"),
                      0);
     sqlite3_close(db);
 
-    /* Nothing more can go while 6 is unsent: no deletion, no new event. */
-    assert_int_equal(store_prune(f->s, future), 0);
-    assert_int_equal(store_last_seq(f->s), 11);
-
-    /* Everything acknowledged: the whole log goes, including the first log.pruned;
-     * verification now starts from the new checkpoint. */
-    db = raw_open(f->path);
-    raw_exec(db, "DELETE FROM outbox");
-    sqlite3_close(db);
-    assert_int_equal(store_prune(f->s, future), 6);
+    /* Nothing older than the cut left but the first log.pruned: it goes too, and
+     * verification starts from the new checkpoint. */
+    assert_int_equal(store_prune(f->s, future), 1);
     assert_int_equal(store_event_count(f->s, NULL), 1);
     assert_int_equal(store_last_seq(f->s), 12);
     assert_verify_ok(f->s);
@@ -738,23 +732,16 @@ static void test_prune(void **state)
     assert_verify_ok(f->s);
 }
 
-static void test_prune_keeps_outbox(void **state)
+static void test_prune_keeps_recent(void **state)
 {
     struct fixture *f = *state;
     for (int i = 1; i <= 4; i++)
         assert_int_equal(add_simple(f->s, "key.returned"), i);
-    /* Nothing acknowledged: nothing may be pruned however old. */
-    assert_int_equal(store_prune(f->s, clock_wall_ms() + 60000), 0);
+    /* Nothing older than the cut: nothing pruned, no log.pruned event. */
+    assert_int_equal(store_prune(f->s, clock_wall_ms() - 60000), 0);
     assert_int_equal(store_event_count(f->s, NULL), 4);
     assert_int_equal(store_outbox_depth(f->s), 4);
     assert_int_equal(store_event_count(f->s, "log.pruned"), 0);
-
-    /* Only the head's acknowledgement counts. */
-    sqlite3 *db = raw_open(f->path);
-    raw_exec(db, "DELETE FROM outbox WHERE seq IN (2, 3, 4)");
-    sqlite3_close(db);
-    assert_int_equal(store_prune(f->s, clock_wall_ms() + 60000), 0);
-    assert_int_equal(store_event_count(f->s, NULL), 4);
     assert_verify_ok(f->s);
 }
 
@@ -909,7 +896,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_delete_middle, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_delete_head_without_checkpoint, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_prune, setup_file, teardown),
-        cmocka_unit_test_setup_teardown(test_prune_keeps_outbox, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_prune_keeps_recent, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_prune_by_time, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_chain_from_checkpoint_only, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_transactions, setup_file, teardown),
