@@ -1324,9 +1324,10 @@ json_t *station_status_json(struct station *st)
         json_array_append_new(alarms, json_pack("{s:s}", "type", "station.tamper"));
 
     json_t *station =
-        json_pack("{s:s,s:s,s:o,s:b,s:s,s:s,s:s}", "id", st->cfg->station_id, "name",
-                  st->cfg->station_name, "time", time_json(now), "clockSynced", clock_synced(),
-                  "gpio", st->gops->name, "reader", st->rops->name, "version", LOCKERD_VERSION);
+        json_pack("{s:s,s:s,s:o,s:s,s:b,s:s,s:s,s:s}", "id", st->cfg->station_id, "name",
+                  st->cfg->station_name, "time", time_json(now), "timezone", st->cfg->timezone,
+                  "clockSynced", clock_synced(), "gpio", st->gops->name, "reader",
+                  st->rops->name, "version", LOCKERD_VERSION);
     json_t *sync = json_pack("{s:s,s:I}", "mode", "local", "outboxDepth",
                              (json_int_t)store_outbox_depth(st->store));
     return json_pack("{s:o,s:o,s:o,s:o}", "station", station, "compartments", comps, "alarms",

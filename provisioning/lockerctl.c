@@ -33,6 +33,7 @@ struct ctl {
     bool json;
     int fd;
     FILE *in;
+    bool unreachable; /* said so once already */
 };
 
 struct cmd {
@@ -70,7 +71,8 @@ static int ctl_connect(struct ctl *ctl)
 /* Sends one request; returns the reply object (new reference) or NULL. */
 static json_t *ctl_request(struct ctl *ctl, const char *cmd, json_t *args)
 {
-    if (!ctl->in && ctl_connect(ctl) < 0) {
+    if (!ctl->in && (ctl->unreachable || ctl_connect(ctl) < 0)) {
+        ctl->unreachable = true;
         json_decref(args);
         return NULL;
     }
@@ -119,6 +121,22 @@ static void print_json(json_t *v)
 {
     json_dumpf(v, stdout, JSON_INDENT(2));
     putchar('\n');
+}
+
+/* People read times in the station's zone, whatever the zone of the shell that
+ * runs lockerctl. */
+static void use_station_timezone(struct ctl *ctl)
+{
+    if (ctl->json)
+        return;
+    json_t *reply = ctl_request(ctl, "status", NULL);
+    const char *zone =
+        json_string_value(json_object_get(json_object_get(json_object_get(reply, "result"),
+                                                          "station"),
+                                          "timezone"));
+    if (zone)
+        tz_set(zone);
+    json_decref(reply);
 }
 
 /* Generic command: request, then print the result as JSON or with fmt. */
@@ -360,6 +378,7 @@ static int cmd_events(struct ctl *ctl, int argc, char **argv)
     if (s && !parse_int(s, 0, 0x7fffffffL, &since))
         return usage_error("--since takes a sequence number, not '%s'", s);
 
+    use_station_timezone(ctl);
     /* Page through the log; the daemon answers at most 1000 events at a time. */
     json_t *all = ctl->json && !follow ? json_array() : NULL;
     for (;;) {
@@ -471,6 +490,8 @@ static int cmd_booking_list(struct ctl *ctl, int argc, char **argv)
 {
     static const char *const flags[] = {"--all", NULL};
     int rc = expect(argc, argv, NULL, flags, NULL, 0);
+    if (rc == 0)
+        use_station_timezone(ctl);
     return rc ? rc
               : simple(ctl, "booking.list",
                        json_pack("{s:b}", "all", opt_flag(argc, argv, "--all")), print_bookings);

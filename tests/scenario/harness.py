@@ -85,18 +85,20 @@ def wait_until(predicate, timeout=WAIT_TIMEOUT, what="condition", interval=POLL_
 
 
 def uid_variants(uid_hex):
-    """Every textual and binary form a leaked UID could take."""
-    h = uid_hex.replace(":", "")
+    """Every form a leaked UID could take: (lower-case texts to look for in lower-cased
+    data, so any case matches; raw byte strings to look for in the data as is)."""
+    h = uid_hex.replace(":", "").lower()
     pairs = [h[i:i + 2] for i in range(0, len(h), 2)]
-    texts = set()
-    for s in (h, ":".join(pairs), " ".join(pairs), "-".join(pairs)):
-        texts.add(s.upper())
-        texts.add(s.lower())
-    out = [t.encode() for t in texts]
+    texts = sorted({sep.join(pairs).encode() for sep in ("", ":", " ", "-")})
     raw = bytes.fromhex(h)
-    out.append(raw)
-    out.append(raw[::-1])  # little-endian dumps
-    return out
+    return texts, [raw, raw[::-1]]
+
+
+def find_uid(data, uid_hex):
+    """The forms of uid_hex found in data (bytes)."""
+    texts, raws = uid_variants(uid_hex)
+    low = data.lower()
+    return [t for t in texts if t in low] + [r for r in raws if r in data]
 
 
 def pair_activations(events, sim_log, lock_line, compartment,
@@ -298,9 +300,9 @@ class Station:
         return "---- tail of lockerd stderr (%s, run %d) ----\n%s\n----" % (
             self.dir, self.starts, "\n".join(text[-lines:]))
 
-    def sanitizer_findings(self):
+    def sanitizer_findings(self, last_only=False):
         found = []
-        for p in self.stderr_logs:
+        for p in (self.stderr_logs[-1:] if last_only else self.stderr_logs):
             try:
                 with open(p, "rb") as f:
                     text = f.read().decode("utf-8", "replace")
@@ -312,8 +314,8 @@ class Station:
                     found.append("%s: %s" % (os.path.basename(p), text[max(0, i - 200):i + 3000]))
         return found
 
-    def check_sanitizers(self):
-        found = self.sanitizer_findings()
+    def check_sanitizers(self, last_only=False):
+        found = self.sanitizer_findings(last_only)
         if found:
             raise AssertionError("sanitizer findings in lockerd stderr:\n" + "\n".join(found))
 
@@ -547,12 +549,20 @@ class StationTestCase(unittest.TestCase):
     def _finish_station(self, st):
         try:
             st.kill()
-            outcome = getattr(self, "_outcome", None)
-            if outcome is not None and not getattr(outcome, "success", True):
+            if self._failed_so_far():
                 sys.stderr.write("\n%s\n" % st.stderr_tail(60))
             st.check_sanitizers()
         finally:
             st.cleanup()
+
+    def _failed_so_far(self):
+        """True if this test (or one of its subtests) has failed already. Cleanups run
+        in their own unittest "part", so the result lists are what tells."""
+        result = getattr(getattr(self, "_outcome", None), "result", None)
+        for failed, _ in getattr(result, "failures", []) + getattr(result, "errors", []):
+            if failed is self or getattr(failed, "test_case", None) is self:
+                return True
+        return False
 
     def assertEventOrder(self, events, types):
         """types appear in this order (not necessarily adjacent)."""

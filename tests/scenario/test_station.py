@@ -151,6 +151,32 @@ class AbortTest(StationTestCase):
         self.assertNotIn("holder", c)
         self.assertEqual(st.last_output_values()[LOCK_LINES[1]], 0)
 
+    def test_return_door_never_opened(self):
+        st = self.make_station()
+        b = st.setup_booking(compartment=2, uid=UID_A)
+        st.pickup(UID_A, 2)
+        seq0 = st.last_seq()
+        self.assertEqual(st.tap(UID_A)["outcome"], "return")
+        st.advance("6s")
+        e = st.wait_event("return.incomplete", since=seq0, compartment=2)
+        self.assertEqual(e["reason"], "door_not_opened")
+        self.assertEqual(st.lock_value(2), 0)
+        c = st.comp(2)
+        self.assertEqual((c["state"], c["holder"]["member"]), ("locked_empty", b["member"]))
+
+    def test_second_tap_while_unlocking(self):
+        st = self.make_station()
+        st.setup_booking(compartment=1, uid=UID_A)
+        self.assertEqual(st.tap(UID_A)["outcome"], "pickup")
+        seq0 = st.last_seq()
+        r = st.tap(UID_A)
+        self.assertEqual((r["outcome"], r["reason"]), ("refused", "compartment_busy"))
+        self.assertEqual(st.outputs()[LOCK_LINES[1]]["activations"], 1)
+        self.assertEqual(st.events_of("access.granted", since=seq0), [])
+        st.door(1, "open")
+        st.key(1, "take")
+        self.assertEqual(st.door(1, "close")["state"], "locked_empty")
+
     def test_door_closed_with_key_inside_then_pickup_again(self):
         st = self.make_station()
         b = st.setup_booking(compartment=1, uid=UID_A)
@@ -271,6 +297,21 @@ class AlarmTest(StationTestCase):
         st.pickup(UID_A, 2)
         self.assertEqual(st.events_of("key.checkedOut")[-1]["booking"], b["booking"])
 
+    def test_cleared_fault_with_key_missing_is_stable_across_restart(self):
+        # A technician clears a key-sensor fault while the key is (really) gone. Whatever
+        # the station decides, a restart must come back to the same decision.
+        st = self.make_station()
+        st.key(3, "take")
+        self.assertEqual(st.comp(3)["state"], "sensor_fault")
+        st.j("clear", 3, "--reason", "key is at the locksmith")
+        before = st.comp(3)
+        st.restart()
+        after = st.comp(3)
+        self.assertEqual((after["state"], after.get("holder")),
+                         (before["state"], before.get("holder")),
+                         "compartment 3 changed over a clean restart: %s -> %s"
+                         % (before, after))
+
     def test_clear_needs_a_fault(self):
         st = self.make_station()
         r = st.ctl("clear", 1, "--reason", "nothing to clear", check=False)
@@ -346,6 +387,14 @@ class RefusalTest(StationTestCase):
         st.j("card", "revoke", b["card"])
         r, e = self.assertRefused(st, UID_A, "revoked")
         self.assertEqual(e["member"], b["member"])
+
+    def test_revoked_card_can_still_return_its_key(self):
+        st = self.make_station()
+        b = st.setup_booking(compartment=3, uid=UID_A)
+        st.pickup(UID_A, 3)
+        st.j("card", "revoke", b["card"])
+        st.give_back(UID_A, 3)
+        self.assertRefused(st, UID_A, "revoked")
 
     def test_no_booking(self):
         st = self.make_station()
