@@ -19,6 +19,7 @@
  */
 #include "daemon/config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -57,6 +58,7 @@ enum value_type {
     VAL_BOOL,      /* yes/no/true/false/1/0 */
     VAL_READER_BACKEND,
     VAL_AUTH,
+    VAL_AID, /* DESFire application id: exactly 6 hex digits */
     VAL_GPIO_BACKEND,
     VAL_CHIP,          /* gpiochip name, path or label; may be empty */
     VAL_GROUP,         /* a Unix group name; may be empty */
@@ -96,6 +98,8 @@ static const struct key_def keys[] = {
     {SEC_READER, "backend", VAL_READER_BACKEND, CFG_VAL(reader_backend), 0, 0, 0},
     {SEC_READER, "connstring", VAL_TEXT, CFG_STR(reader_connstring), 0, 0, 0},
     {SEC_READER, "auth", VAL_AUTH, CFG_VAL(auth), 0, 0, 0},
+    {SEC_READER, "aid", VAL_AID, CFG_STR(reader_aid), 0, 0, 0},
+    {SEC_READER, "key_file", VAL_PATH, CFG_STR(reader_key_file), 0, 0, 0},
 
     {SEC_GPIO, "backend", VAL_GPIO_BACKEND, CFG_VAL(gpio_backend), 0, 0, 0},
     {SEC_GPIO, "chip", VAL_CHIP, CFG_STR(gpio_chip), 0, 0, 0},
@@ -554,6 +558,19 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
             return fail_at(p, p->lineno, "%s: expected sim or libnfc, got '%s'", def->name, value);
         return true;
     }
+    case VAL_AID: {
+        size_t n = strlen(value);
+        bool hex = n == 6;
+        for (size_t i = 0; hex && i < n; i++)
+            hex = isxdigit((unsigned char)value[i]) != 0;
+        if (!hex)
+            return fail_at(p, p->lineno, "%s: expected 6 hex digits such as F5A0C1, got '%s'",
+                           def->name, value);
+        for (size_t i = 0; i < n; i++)
+            field[i] = (char)toupper((unsigned char)value[i]);
+        field[n] = '\0';
+        return true;
+    }
     case VAL_AUTH: {
         enum card_auth *a = (enum card_auth *)(void *)field;
         if (strcmp(value, "desfire") == 0)
@@ -845,6 +862,13 @@ static void derive_paths(struct parse *p)
             fail_at(p, key_line_of(p, SEC_STATION, "state_dir"),
                     "state_dir too long to derive site_key_file from it");
     }
+    if (key_line_of(p, SEC_READER, "key_file") == 0) {
+        snprintf(buf, sizeof(buf), "%s/desfire.keys", cfg->state_dir);
+        if (!set_str(cfg->reader_key_file, sizeof(cfg->reader_key_file), buf) ||
+            !fits_line(p, "key_file", buf))
+            fail_at(p, key_line_of(p, SEC_STATION, "state_dir"),
+                    "state_dir too long to derive key_file from it");
+    }
     if (key_line_of(p, SEC_CONTROL, "socket") == 0) {
         snprintf(buf, sizeof(buf), "%s/control.sock", cfg->runtime_dir);
         if (!set_str(cfg->socket_path, sizeof(cfg->socket_path), buf) ||
@@ -897,6 +921,8 @@ void config_defaults(struct config *cfg)
     }
     snprintf(buf, sizeof(buf), "%s/site.key", cfg->state_dir);
     set_str(cfg->site_key_file, sizeof(cfg->site_key_file), buf);
+    snprintf(buf, sizeof(buf), "%s/desfire.keys", cfg->state_dir);
+    set_str(cfg->reader_key_file, sizeof(cfg->reader_key_file), buf);
     set_str(cfg->timezone, sizeof(cfg->timezone), "Europe/Berlin");
     cfg->retention_ms = 365 * MS_DAY;
     cfg->log_level = LOG_LVL_INFO;
@@ -904,6 +930,7 @@ void config_defaults(struct config *cfg)
 
     cfg->reader_backend = READER_BACKEND_SIM;
     cfg->auth = CARD_AUTH_DESFIRE;
+    set_str(cfg->reader_aid, sizeof(cfg->reader_aid), "F5A0C1");
 
     cfg->gpio_backend = GPIO_BACKEND_SIM;
     cfg->max_energize_ms = 5 * MS_SEC;
@@ -992,6 +1019,7 @@ static void print_value(const struct key_def *def, const void *base, FILE *out)
     case VAL_ZONE:
     case VAL_CHIP:
     case VAL_GROUP:
+    case VAL_AID:
         fputs(field, out);
         break;
     case VAL_DURATION:
@@ -1040,6 +1068,7 @@ static bool value_empty(const struct key_def *def, const void *base)
     case VAL_ZONE:
     case VAL_CHIP:
     case VAL_GROUP:
+    case VAL_AID:
         return field[0] == '\0';
     case VAL_USERS:
         return *(const int *)(const void *)((const char *)base + def->count_offset) == 0;

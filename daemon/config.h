@@ -62,6 +62,9 @@ struct config {
     enum reader_backend reader_backend; /* default sim */
     char reader_connstring[256];        /* libnfc connstring, e.g. pn532_uart:/dev/serial0 */
     enum card_auth auth;                /* default desfire */
+    char reader_aid[8];                 /* DESFire application id, 6 hex digits; F5A0C1 */
+    char reader_key_file[PATH_MAX];     /* AES master keys for AN10922 diversification;
+                                           default STATE_DIR/desfire.keys */
 
     /* [gpio] */
     enum gpio_backend gpio_backend;  /* default sim */
