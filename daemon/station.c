@@ -283,12 +283,6 @@ static enum comp_state locked_state(const struct comp *c)
     return c->key_present ? CS_LOCKED_FULL : CS_LOCKED_EMPTY;
 }
 
-static void save_row(struct comp *c)
-{
-    if (store_comp_save(c->st->store, &c->row) != STORE_OK)
-        log_errx("compartment %d: cannot save state", c->number);
-}
-
 /* ------------------------------------------------------------ overdue */
 
 static void overdue_fired(void *arg);
@@ -633,10 +627,7 @@ static void fsm_open(struct comp *c, enum comp_event ev)
 static void fsm_out_of_service(struct comp *c, enum comp_event ev)
 {
     switch (ev) {
-    case CE_CLEAR:
-        c->row.out_of_service = false;
-        c->row.oos_reason[0] = '\0';
-        save_row(c);
+    case CE_CLEAR: /* the row was saved by station_clear() with its event */
         if (c->door_open)
             enter_state(c, CS_FORCED_OPEN);
         else
@@ -1206,18 +1197,6 @@ int station_service_open(struct station *st, int n, const char *operator_name, c
     return rc;
 }
 
-static int operator_event(struct comp *c, const char *type, const char *operator_name,
-                          const char *reason)
-{
-    struct event ev = {
-        .type = type,
-        .compartment = c->number,
-        .operator_name = operator_name,
-        .reason = reason,
-    };
-    return emit(c->st, &ev) > 0 ? 0 : STATION_ESTORE;
-}
-
 int station_clear(struct station *st, int n, const char *operator_name, const char *reason)
 {
     struct comp *c = comp_by_number(st, n);
@@ -1225,10 +1204,38 @@ int station_clear(struct station *st, int n, const char *operator_name, const ch
         return STATION_EINVAL;
     if (c->state != CS_SENSOR_FAULT && c->state != CS_OUT_OF_SERVICE)
         return STATION_ESTATE;
-    int rc = operator_event(c, "service.cleared", operator_name, reason);
-    if (rc == 0)
-        comp_fsm(c, CE_CLEAR);
-    return rc;
+    /* A key that is gone without anyone holding it is put on the service account in
+     * the same transaction, as a service removal would be: a restart must find the
+     * state the technician cleared to, not a new fault. */
+    struct comp_row next = c->row;
+    bool unaccounted = !c->key_present && c->row.holder_member[0] == '\0';
+    if (unaccounted) {
+        snprintf(next.holder_member, sizeof(next.holder_member), "service");
+        next.holder_since_ms = clock_wall_ms();
+        next.due_ms = 0;
+    }
+    next.out_of_service = false;
+    next.oos_reason[0] = '\0';
+    json_t *detail = json_pack("{s:b}", "keyPresent", c->key_present);
+    if (unaccounted)
+        json_object_set_new(detail, "keyHeldBy", json_string("service"));
+    struct event ev = {
+        .type = "service.cleared",
+        .compartment = c->number,
+        .operator_name = operator_name,
+        .reason = reason,
+        .detail = detail,
+    };
+    bool ok = store_begin(st->store) == STORE_OK && emit(st, &ev) > 0 &&
+              store_comp_save(st->store, &next) == STORE_OK && store_commit(st->store) == STORE_OK;
+    if (!ok)
+        store_rollback(st->store);
+    json_decref(detail);
+    if (!ok)
+        return STATION_ESTORE;
+    c->row = next;
+    comp_fsm(c, CE_CLEAR);
+    return 0;
 }
 
 int station_disable(struct station *st, int n, const char *operator_name, const char *reason)
@@ -1238,12 +1245,21 @@ int station_disable(struct station *st, int n, const char *operator_name, const 
         return STATION_EINVAL;
     if (c->state == CS_OUT_OF_SERVICE || c->state == CS_SENSOR_FAULT)
         return STATION_ESTATE;
-    int rc = operator_event(c, "service.disabled", operator_name, reason);
-    if (rc != 0)
-        return rc;
-    c->row.out_of_service = true;
-    snprintf(c->row.oos_reason, sizeof(c->row.oos_reason), "manual");
-    save_row(c);
+    struct comp_row next = c->row;
+    next.out_of_service = true;
+    snprintf(next.oos_reason, sizeof(next.oos_reason), "manual");
+    struct event ev = {
+        .type = "service.disabled",
+        .compartment = c->number,
+        .operator_name = operator_name,
+        .reason = reason,
+    };
+    if (store_begin(st->store) != STORE_OK || emit(st, &ev) < 0 ||
+        store_comp_save(st->store, &next) != STORE_OK || store_commit(st->store) != STORE_OK) {
+        store_rollback(st->store);
+        return STATION_ESTORE;
+    }
+    c->row = next;
     comp_fsm(c, CE_DISABLE);
     return 0;
 }
