@@ -3,6 +3,7 @@
 # The source lists below are the architecture: one file per subsystem.
 #   make            build lockerd and lockerctl into build/
 #   make check      build with AddressSanitizer + UBSan into build-san/ and run every test
+#   make check-vm   the gpiod backend against gpio-sim in a qemu VM (libgpiod 1.x and 2.x)
 #   make demo       run a simulated station with demo data (see README)
 #   make bench      benchmarks (figures in docs/performance.md)
 #   make install    DESTDIR=... PREFIX=/usr
@@ -18,7 +19,7 @@ BUILD      ?= build
 
 CC         ?= cc
 PKG_CONFIG ?= pkg-config
-PKGS       := inih sqlite3 jansson libcrypto libsystemd
+PKGS       := inih sqlite3 jansson libcrypto libsystemd libgpiod libnfc libfreefare
 
 CFLAGS     ?= -O2 -g
 WARNFLAGS  := -std=c11 -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
@@ -33,8 +34,12 @@ LDFLAGS    += -fsanitize=address,undefined
 endif
 ALL_CPPFLAGS := -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' -I. \
               $(shell $(PKG_CONFIG) --cflags $(PKGS)) $(CPPFLAGS)
+# libgpiod 2.x has a new API; hal/gpio_gpiod.c is written for both.
+ifeq ($(shell $(PKG_CONFIG) --atleast-version=2 libgpiod && echo v2),v2)
+ALL_CPPFLAGS += -DHAVE_LIBGPIOD_V2
+endif
 ALL_CFLAGS := $(WARNFLAGS) $(CFLAGS)
-LIBS       := $(shell $(PKG_CONFIG) --libs $(PKGS))
+LIBS       := $(shell $(PKG_CONFIG) --libs $(PKGS)) -pthread
 
 # ---- sources: the architecture ----
 COMMON_SRCS := daemon/log.c        \
@@ -50,18 +55,21 @@ DAEMON_SRCS := daemon/loop.c       \
 
 HAL_SRCS    := hal/hal.c           \
                hal/gpio_sim.c      \
-               hal/reader_sim.c
+               hal/gpio_gpiod.c    \
+               hal/reader_sim.c    \
+               hal/reader_libnfc.c \
+               hal/card_desfire.c
 
 LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
 LOCKERCTL_SRCS := provisioning/lockerctl.c $(COMMON_SRCS)
 
-UNIT_TESTS  := test_config test_store test_policy test_station test_loop
+UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card
 BENCH_SRCS  := tests/bench_tap.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
 
-.PHONY: all check unit scenario demo bench install clean format lint
+.PHONY: all check check-vm unit scenario demo bench install clean format lint
 all: $(BUILD)/lockerd $(BUILD)/lockerctl
 
 $(BUILD)/%.o: %.c
@@ -87,6 +95,11 @@ check:
 	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins
 	$(MAKE) BUILD=build-san unit scenario
 	tests/test_docs.sh build-san
+
+# make check-vm: the gpiod backend against the kernel's gpio-sim in a qemu VM, built
+# once with libgpiod 1.x and once with 2.x (tests/vm/run-vm-test.sh lists the packages).
+check-vm:
+	tests/vm/run-vm-test.sh
 
 unit:
 	@set -e; for t in $(UNIT_TESTS); do echo "== unit: $$t"; $(BUILD)/tests/$$t; done
@@ -114,13 +127,15 @@ install: all
 	install -m 0644 docs/man/lockerd.conf.5 $(DESTDIR)$(MANDIR)/man5/
 
 format:
-	clang-format -i daemon/*.[ch] hal/*.[ch] provisioning/*.c tests/unit/*.[ch] tests/*.c
+	clang-format -i daemon/*.[ch] hal/*.[ch] provisioning/*.c tests/unit/*.[ch] tests/*.c tests/fuzz/*.c
 
 lint:
 	cppcheck --quiet --enable=warning,performance,portability --inline-suppr \
 	    --error-exitcode=1 -D_GNU_SOURCE -I. daemon hal provisioning
 
+include tests/fuzz/fuzz.mk
+
 clean:
-	rm -rf build build-san
+	rm -rf build build-san build-fuzz
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

@@ -105,6 +105,8 @@ static const struct key_def keys[] = {
     {SEC_GPIO, "chip", VAL_CHIP, CFG_STR(gpio_chip), 0, 0, 0},
     /* A solenoid held longer than a few seconds overheats; 100 ms cannot pull it. */
     {SEC_GPIO, "max_energize", VAL_DURATION, CFG_VAL(max_energize_ms), 0, 100, 30 * MS_SEC},
+    /* Contacts bounce for a few ms; a second would swallow a quick door open. */
+    {SEC_GPIO, "debounce", VAL_DURATION, CFG_VAL(debounce_ms), 0, 0, MS_SEC},
     {SEC_GPIO, "tamper", VAL_LINE, CFG_VAL(tamper), 0, 0, 0},
 
     {SEC_POLICY, "pickup_window", VAL_DURATION, CFG_VAL(pickup_window_ms), 0, 0, INT64_MAX},
@@ -934,6 +936,7 @@ void config_defaults(struct config *cfg)
 
     cfg->gpio_backend = GPIO_BACKEND_SIM;
     cfg->max_energize_ms = 5 * MS_SEC;
+    cfg->debounce_ms = 10;
 
     cfg->pickup_window_ms = 15 * MS_MIN;
     cfg->late_tolerance_ms = 30 * MS_MIN;

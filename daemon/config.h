@@ -70,6 +70,7 @@ struct config {
     enum gpio_backend gpio_backend;  /* default sim */
     char gpio_chip[CONFIG_NAME_LEN]; /* default chip for bare offsets */
     int64_t max_energize_ms;         /* default 5s, at most 30s */
+    int64_t debounce_ms;             /* input debounce; default 10ms, at most 1s */
     struct line_cfg tamper;          /* optional enclosure tamper switch */
 
     /* [policy] */

@@ -771,11 +771,18 @@ static json_t *cmd_sim_tap(struct client *cl, json_t *args, struct cmd_err *err)
     uint8_t uid[HAL_UID_MAX];
     size_t len;
     const char *type;
-    if (!arg_card_type(args, &type, err) || !arg_uid(args, uid, &len, err))
+    /* "clone": a DESFire card without the site's key, as a copied UID looks. */
+    json_t *card = json_object_get(args, "card");
+    bool clone = json_is_string(card) && strcmp(json_string_value(card), "clone") == 0;
+    if (clone)
+        type = "desfire";
+    else if (!arg_card_type(args, &type, err))
+        return NULL;
+    if (!arg_uid(args, uid, &len, err))
         return NULL;
     bool enrolling = cl->ctl->enrol.client != NULL;
     int rc = station_sim_tap(cl->ctl->st, uid, len,
-                             strcmp(type, "uid") == 0 ? CARD_KIND_UID : CARD_KIND_DESFIRE);
+                             strcmp(type, "uid") == 0 ? CARD_KIND_UID : CARD_KIND_DESFIRE, !clone);
     OPENSSL_cleanse(uid, sizeof(uid));
     if (rc != 0)
         return fail(err, rc == STATION_ENOTSIM ? "not_simulated" : "bad_request", "%s",

@@ -24,27 +24,29 @@ const char *refusal_code(enum refusal r)
     case REFUSE_NONE:
         return "none";
     case REFUSE_INSECURE_CARD:
-        return "insecure_card";
+        return "insecure-card";
+    case REFUSE_CARD_AUTH_FAILED:
+        return "card-auth-failed";
     case REFUSE_UNKNOWN_CARD:
-        return "unknown_card";
+        return "unknown-card";
     case REFUSE_REVOKED:
         return "revoked";
     case REFUSE_EXPIRED:
         return "expired";
     case REFUSE_DATA_TOO_OLD:
-        return "offline_data_too_old";
+        return "offline-data-too-old";
     case REFUSE_NO_BOOKING:
-        return "no_booking";
+        return "no-booking";
     case REFUSE_OUTSIDE_WINDOW:
-        return "outside_pickup_window";
+        return "outside-pickup-window";
     case REFUSE_KEY_ALREADY_OUT:
-        return "key_already_out";
+        return "key-already-out";
     case REFUSE_OUT_OF_SERVICE:
-        return "out_of_service";
+        return "out-of-service";
     case REFUSE_BUSY:
-        return "compartment_busy";
+        return "compartment-busy";
     case REFUSE_INTERNAL:
-        return "internal_error";
+        return "internal-error";
     }
     return "unknown";
 }
@@ -177,8 +179,13 @@ void policy_decide(const struct config *cfg, struct store *store, const uint8_t 
     memset(d, 0, sizeof(*d));
     d->action = POLICY_REFUSE;
 
-    bool secure = card->kind == CARD_KIND_DESFIRE && card->authenticated;
-    if (cfg->auth == CARD_AUTH_DESFIRE && !secure) {
+    /* A DESFire card that cannot prove its key is a clone of a UID (or a card of
+     * another site); a UID-only card cannot prove anything. */
+    if (cfg->auth == CARD_AUTH_DESFIRE && card->kind == CARD_KIND_DESFIRE && !card->authenticated) {
+        refuse(d, REFUSE_CARD_AUTH_FAILED);
+        return;
+    }
+    if (cfg->auth == CARD_AUTH_DESFIRE && card->kind != CARD_KIND_DESFIRE) {
         refuse(d, REFUSE_INSECURE_CARD);
         return;
     }

@@ -17,20 +17,21 @@
 
 enum refusal {
     REFUSE_NONE,
-    REFUSE_INSECURE_CARD,   /* UID-only card where auth = desfire, or DESFire auth failed */
-    REFUSE_UNKNOWN_CARD,    /* no credential for this card */
-    REFUSE_REVOKED,         /* credential revoked */
-    REFUSE_EXPIRED,         /* outside the credential's validity dates */
-    REFUSE_DATA_TOO_OLD,    /* synced data older than offline_max_age */
-    REFUSE_NO_BOOKING,      /* none of the member's clubs has a booking now */
-    REFUSE_OUTSIDE_WINDOW,  /* a booking exists but too early or too late to pick up */
-    REFUSE_KEY_ALREADY_OUT, /* the booked compartment's key is out */
-    REFUSE_OUT_OF_SERVICE,  /* the compartment is out of service */
-    REFUSE_BUSY,            /* the compartment is being opened right now */
-    REFUSE_INTERNAL,        /* the database could not be read: fail secure */
+    REFUSE_INSECURE_CARD,    /* UID-only card where auth = desfire */
+    REFUSE_CARD_AUTH_FAILED, /* DESFire card without the right key: a clone or a stranger */
+    REFUSE_UNKNOWN_CARD,     /* no credential for this card */
+    REFUSE_REVOKED,          /* credential revoked */
+    REFUSE_EXPIRED,          /* outside the credential's validity dates */
+    REFUSE_DATA_TOO_OLD,     /* synced data older than offline_max_age */
+    REFUSE_NO_BOOKING,       /* none of the member's clubs has a booking now */
+    REFUSE_OUTSIDE_WINDOW,   /* a booking exists but too early or too late to pick up */
+    REFUSE_KEY_ALREADY_OUT,  /* the booked compartment's key is out */
+    REFUSE_OUT_OF_SERVICE,   /* the compartment is out of service */
+    REFUSE_BUSY,             /* the compartment is being opened right now */
+    REFUSE_INTERNAL,         /* the database could not be read: fail secure */
 };
 
-/* Stable reason code used on the wire and in events, e.g. "no_booking". */
+/* Stable reason code used on the wire and in events, e.g. "no-booking". */
 const char *refusal_code(enum refusal r);
 
 /* What the policy needs to know about each compartment. */

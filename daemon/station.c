@@ -383,7 +383,7 @@ static void complete(struct comp *c, bool recovered)
                 next.due_ms = b.end_ms + st->cfg->return_grace_ms;
         } else {
             type = "pickup.aborted";
-            reason = "key_not_taken";
+            reason = "key-not-taken";
         }
     } else if (strcmp(purpose, "return") == 0) {
         if (c->key_present) {
@@ -391,7 +391,7 @@ static void complete(struct comp *c, bool recovered)
             clear_holder(&next);
         } else {
             type = "return.incomplete";
-            reason = "key_not_detected";
+            reason = "key-not-detected";
         }
     } else { /* service */
         bool had_holder = c->row.holder_member[0] != '\0';
@@ -520,7 +520,7 @@ static void fsm_locked(struct comp *c, enum comp_event ev, bool key_was_present)
     case CE_KEY_IN:
     case CE_KEY_OUT:
         /* A key cannot move behind a closed, locked door. */
-        sensor_fault(c, ev == CE_KEY_IN ? "key_appeared_door_closed" : "key_vanished_door_closed");
+        sensor_fault(c, ev == CE_KEY_IN ? "key-appeared-door-closed" : "key-vanished-door-closed");
         break;
     case CE_DISABLE:
         enter_state(c, CS_OUT_OF_SERVICE);
@@ -555,7 +555,7 @@ static void fsm_unlocking(struct comp *c, enum comp_event ev)
             .credential_id = c->row.pending_credential[0] ? c->row.pending_credential : NULL,
             .club_id = c->row.pending_club[0] ? c->row.pending_club : NULL,
             .booking_id = c->row.pending_booking[0] ? c->row.pending_booking : NULL,
-            .reason = "door_not_opened",
+            .reason = "door-not-opened",
             .detail = detail,
         };
         /* Relock first: the coil limit holds even if the store fails. */
@@ -574,7 +574,7 @@ static void fsm_unlocking(struct comp *c, enum comp_event ev)
     }
     case CE_KEY_IN:
     case CE_KEY_OUT:
-        sensor_fault(c, ev == CE_KEY_IN ? "key_appeared_door_closed" : "key_vanished_door_closed");
+        sensor_fault(c, ev == CE_KEY_IN ? "key-appeared-door-closed" : "key-vanished-door-closed");
         break;
     case CE_DISABLE:
         enter_state(c, CS_OUT_OF_SERVICE);
@@ -1078,7 +1078,7 @@ static void rebuild(struct comp *c)
         }
     } else if (c->door_open) {
         c->state = CS_FORCED_OPEN;
-        emit_comp(c, "door.forced", "open_at_start",
+        emit_comp(c, "door.forced", "open-at-start",
                   json_pack("{s:b}", "keyPresent", c->key_present));
         int id = loop_add_timer(st->loop, st->cfg->door_open_alarm_ms, held_timeout, c);
         c->held_timer = id > 0 ? id : 0;
@@ -1090,7 +1090,7 @@ static void rebuild(struct comp *c)
                            .compartment = c->number,
                            .member_id = c->row.holder_member,
                            .club_id = c->row.holder_club,
-                           .reason = "returned_while_down",
+                           .reason = "returned-while-down",
                            .detail = detail};
         clear_holder(&c->row);
         if (store_begin(st->store) != STORE_OK || emit(st, &ev) < 0 ||
@@ -1099,7 +1099,7 @@ static void rebuild(struct comp *c)
         json_decref(detail);
     } else if (!c->key_present && c->row.holder_member[0] == '\0') {
         c->state = CS_LOCKED_EMPTY;
-        sensor_fault(c, "key_missing_unrecorded");
+        sensor_fault(c, "key-missing-unrecorded");
     }
     log_info("compartment %d: %s (door %s, key %s)", c->number, comp_state_name(c->state),
              c->door_open ? "open" : "closed", c->key_present ? "in" : "out");
@@ -1342,8 +1342,8 @@ json_t *station_status_json(struct station *st)
     json_t *station =
         json_pack("{s:s,s:s,s:o,s:s,s:b,s:s,s:s,s:s}", "id", st->cfg->station_id, "name",
                   st->cfg->station_name, "time", time_json(now), "timezone", st->cfg->timezone,
-                  "clockSynced", clock_synced(), "gpio", st->gops->name, "reader",
-                  st->rops->name, "version", LOCKERD_VERSION);
+                  "clockSynced", clock_synced(), "gpio", st->gops->name, "reader", st->rops->name,
+                  "version", LOCKERD_VERSION);
     json_t *sync = json_pack("{s:s,s:I}", "mode", "local", "outboxDepth",
                              (json_int_t)store_outbox_depth(st->store));
     return json_pack("{s:o,s:o,s:o,s:o}", "station", station, "compartments", comps, "alarms",
@@ -1357,11 +1357,12 @@ static bool is_sim(const struct station *st)
     return st->gops == &gpio_sim_ops && st->rops == &reader_sim_ops;
 }
 
-int station_sim_tap(struct station *st, const uint8_t *uid, size_t len, enum card_kind kind)
+int station_sim_tap(struct station *st, const uint8_t *uid, size_t len, enum card_kind kind,
+                    bool authenticated)
 {
     if (st->rops != &reader_sim_ops)
         return STATION_ENOTSIM;
-    if (reader_sim_tap(st->rdev, uid, len, kind) < 0)
+    if (reader_sim_tap(st->rdev, uid, len, kind, authenticated) < 0)
         return STATION_EINVAL;
     /* Deliver now, so the command's answer can say what the tap did. */
     st->rops->dispatch(st->rdev);

@@ -99,7 +99,8 @@ json_t *station_status_json(struct station *st);
 enum comp_state station_comp_state(const struct station *st, int n);
 
 /* Simulation controls (STATION_ENOTSIM on real hardware). */
-int station_sim_tap(struct station *st, const uint8_t *uid, size_t len, enum card_kind kind);
+int station_sim_tap(struct station *st, const uint8_t *uid, size_t len, enum card_kind kind,
+                    bool authenticated);
 int station_sim_remove(struct station *st);
 int station_sim_door(struct station *st, int n, bool open);
 int station_sim_key(struct station *st, int n, bool present);

@@ -14,7 +14,7 @@ const struct gpio_ops *hal_gpio_ops(enum gpio_backend backend)
     case GPIO_BACKEND_SIM:
         return &gpio_sim_ops;
     case GPIO_BACKEND_GPIOD:
-        return NULL; /* not built yet */
+        return &gpio_gpiod_ops;
     }
     return NULL;
 }
@@ -25,7 +25,7 @@ const struct reader_ops *hal_reader_ops(enum reader_backend backend)
     case READER_BACKEND_SIM:
         return &reader_sim_ops;
     case READER_BACKEND_LIBNFC:
-        return NULL; /* not built yet */
+        return &reader_libnfc_ops;
     }
     return NULL;
 }

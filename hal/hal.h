@@ -52,6 +52,7 @@ struct gpio_ops {
 };
 
 extern const struct gpio_ops gpio_sim_ops;
+extern const struct gpio_ops gpio_gpiod_ops;
 
 /* Backend by config value, or NULL if it is not compiled in. */
 const struct gpio_ops *hal_gpio_ops(enum gpio_backend backend);
@@ -90,14 +91,17 @@ struct reader_ops {
 };
 
 extern const struct reader_ops reader_sim_ops;
+extern const struct reader_ops reader_libnfc_ops;
 const struct reader_ops *hal_reader_ops(enum reader_backend backend);
 
 /* ------------------------------------------------------ simulation controls
  * Used by the daemon's control socket for `lockerctl sim ...`; only valid on devices
  * opened by the sim backends. */
 
-/* Presents a card in the field. Returns 0 or -errno (-EINVAL for a bad UID). */
-int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len, enum card_kind kind);
+/* Presents a card in the field. A DESFire card that is not authenticated is what a
+ * clone of a member's UID looks like. Returns 0 or -errno (-EINVAL for a bad UID). */
+int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len, enum card_kind kind,
+                   bool authenticated);
 int reader_sim_remove(struct reader_dev *dev);
 
 /* Sets a simulated input line by its config name. -ENOENT if unknown, -EPERM if it

@@ -38,12 +38,12 @@
 #include "daemon/log.h"
 #include "hal/card.h"
 
-#define QUEUE_LEN 16
+#define QUEUE_LEN      16
 #define BACKOFF_MIN_MS 500
 #define BACKOFF_MAX_MS 30000
-#define PRESENCE_MS 200   /* how often a card still in the field is checked */
-#define WATCHDOG_MS 2000  /* longest a card transaction may take */
-#define POLL_PERIOD 2     /* InAutoPoll period, in units of 150 ms */
+#define PRESENCE_MS    200  /* how often a card still in the field is checked */
+#define WATCHDOG_MS    2000 /* longest a card transaction may take */
+#define POLL_PERIOD    2    /* InAutoPoll period, in units of 150 ms */
 
 struct queued {
     enum reader_event_type type;
@@ -62,10 +62,10 @@ struct reader_dev {
     pthread_t thread;
     pthread_t watchdog;
     pthread_mutex_t mu;
-    pthread_cond_t cond;      /* stop requests and watchdog arming */
-    bool stop;                /* under mu */
-    nfc_context *ctx;         /* owned by the reader thread after open */
-    nfc_device *dev;          /* under mu: read by abort callers */
+    pthread_cond_t cond;       /* stop requests and watchdog arming */
+    bool stop;                 /* under mu */
+    nfc_context *ctx;          /* owned by the reader thread after open */
+    nfc_device *dev;           /* under mu: read by abort callers */
     int64_t watchdog_deadline; /* CLOCK_MONOTONIC ms, 0 = disarmed; under mu */
     atomic_uint watchdog_fired;
 

@@ -85,14 +85,15 @@ static int send_msg(struct reader_dev *dev, struct tap_msg *msg)
     return n == (ssize_t)sizeof(*msg) ? 0 : -EIO;
 }
 
-int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len, enum card_kind kind)
+int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len, enum card_kind kind,
+                   bool authenticated)
 {
     /* ISO 14443-3 UIDs are 4, 7 or 10 bytes. */
     if (uid_len != 4 && uid_len != 7 && uid_len != 10)
         return -EINVAL;
     struct tap_msg msg = {.type = READER_CARD};
     msg.card.kind = kind;
-    msg.card.authenticated = (kind == CARD_KIND_DESFIRE);
+    msg.card.authenticated = kind == CARD_KIND_DESFIRE && authenticated;
     memcpy(msg.card.uid, uid, uid_len);
     msg.card.uid_len = uid_len;
     return send_msg(dev, &msg);

@@ -130,10 +130,8 @@ static void use_station_timezone(struct ctl *ctl)
     if (ctl->json)
         return;
     json_t *reply = ctl_request(ctl, "status", NULL);
-    const char *zone =
-        json_string_value(json_object_get(json_object_get(json_object_get(reply, "result"),
-                                                          "station"),
-                                          "timezone"));
+    const char *zone = json_string_value(
+        json_object_get(json_object_get(json_object_get(reply, "result"), "station"), "timezone"));
     if (zone)
         tz_set(zone);
     json_decref(reply);
@@ -830,8 +828,8 @@ static const struct cmd commands[] = {
      "event log; --verify checks the hash chain", cmd_events},
     {"booking", "add", "--club CLUB --compartment N --from TIME --to TIME",
      "add a booking (TIME like 2026-11-28T18:00+01:00)", cmd_booking_add},
-    {"booking", "list", "[--all]", "bookings not yet over, cancelled ones marked (--all: also past ones)",
-     cmd_booking_list},
+    {"booking", "list", "[--all]",
+     "bookings not yet over, cancelled ones marked (--all: also past ones)", cmd_booking_list},
     {"booking", "cancel", "ID", "cancel a local booking", cmd_booking_cancel},
     {"club", "add", "ID NAME", "add a club", cmd_club_add},
     {"member", "add", "--club CLUB [--club CLUB...] --name NAME [--role ROLE]",
@@ -853,8 +851,8 @@ static const struct cmd commands[] = {
     {"sync", "now", "", "synchronise with the city API now", cmd_sync_now},
     {"sync", "status", "", "cursor, last success and error, outbox depth, dead letters",
      cmd_sync_status},
-    {"sim", "tap", "UID [--card desfire|uid]", "present a card to the simulated reader",
-     cmd_sim_tap},
+    {"sim", "tap", "UID [--card desfire|uid|clone]",
+     "present a card to the simulated reader (clone: DESFire without the site's key)", cmd_sim_tap},
     {"sim", "remove", "", "take the card away", cmd_sim_remove},
     {"sim", "door", "N open|close", "open or close a simulated door", cmd_sim_door},
     {"sim", "key", "N take|put", "take or put back a simulated key", cmd_sim_key},

@@ -153,7 +153,7 @@ static void run(const char *label, const char *dir, long taps, long events, long
         bool pickup = (i % 2) == 0;
         t_unlock = 0;
         t_tap = clock_mono_ns_raw();
-        station_sim_tap(st, UID, sizeof(UID), CARD_KIND_DESFIRE);
+        station_sim_tap(st, UID, sizeof(UID), CARD_KIND_DESFIRE, true);
         must(t_unlock != 0, "unlock (tap was not granted)");
         lat[i] = t_unlock - t_tap;
         station_sim_door(st, 1, true);

@@ -235,7 +235,7 @@ c_names() { # file function-name
         sed -n 's/.*return "\([^"]*\)";.*/\1/p' | sort -u
 }
 c_names daemon/policy.c refusal_code | grep -vxE 'none|unknown' >"$tmp/code_reasons" || true
-man_section "$man/lockerd.8" "REFUSAL REASONS" | sed -n 's/^\.It Cm \([a-z_]*\).*/\1/p' | sort -u >"$tmp/man_reasons"
+man_section "$man/lockerd.8" "REFUSAL REASONS" | sed -n 's/^\.It Cm \([a-z_-]*\).*/\1/p' | sort -u >"$tmp/man_reasons"
 c_names daemon/station.c comp_state_name | grep -vx '?' >"$tmp/code_states" || true
 man_section "$man/lockerd.8" "COMPARTMENT STATES" | sed -n 's/^\.It Cm \([a-z_]*\).*/\1/p' | sort -u >"$tmp/man_states"
 

@@ -196,7 +196,7 @@ class LifecycleTest(StationTestCase):
             f.writelines("%s %d\n" % kv for kv in state.items())
         st.start()
         e = st.wait_event("door.forced", compartment=2)
-        self.assertEqual(e["reason"], "open_at_start")
+        self.assertEqual(e["reason"], "open-at-start")
         self.assertEqual(st.comp(2)["state"], "forced_open")
         self.assertEqual(st.door(2, "close")["state"], "locked_full")
 
@@ -312,9 +312,9 @@ class PrivacyTest(StationTestCase):
         start, end = st.booking_window()
         st.add_booking("club-p", 1, start, end)
         st.pickup(self.UID, 1)
-        self.assertEqual(st.tap(self.UID, card="uid")["reason"], "insecure_card")
+        self.assertEqual(st.tap(self.UID, card="uid")["reason"], "insecure-card")
         st.give_back(self.UID, 1)
-        self.assertEqual(st.tap(self.UID_UNKNOWN)["reason"], "unknown_card")
+        self.assertEqual(st.tap(self.UID_UNKNOWN)["reason"], "unknown-card")
         r = st.ctl("card", "add", m, "--uid", self.UID, check=False)  # duplicate
         self.assertEqual(r.data["error"]["code"], "conflict")
         self.assertNotIn("DEADBEEF", r.stderr.upper())
@@ -336,7 +336,7 @@ class PrivacyTest(StationTestCase):
         self.assertEqual(enrol.returncode, 0, err)
         for text in (out, err):
             self.assertNotIn(b"FACADE", text.upper())
-        self.assertEqual(st.tap(self.UID_ENROLLED)["reason"], "no_booking")
+        self.assertEqual(st.tap(self.UID_ENROLLED)["reason"], "no-booking")
         self.scan(st, self.files(st), "while running")
         st.stop()
         self.scan(st, self.files(st), "after stop")

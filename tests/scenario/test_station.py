@@ -143,7 +143,7 @@ class AbortTest(StationTestCase):
         self.assertEqual(st.lock_value(1), 1)
         st.advance("6s")  # past max_energize = 5s
         e = st.wait_event("pickup.aborted", since=seq0, compartment=1)
-        self.assertEqual(e["reason"], "door_not_opened")
+        self.assertEqual(e["reason"], "door-not-opened")
         self.assertEqual(e["member"], b["member"])
         self.assertEqual(st.lock_value(1), 0)
         c = st.comp(1)
@@ -159,7 +159,7 @@ class AbortTest(StationTestCase):
         self.assertEqual(st.tap(UID_A)["outcome"], "return")
         st.advance("6s")
         e = st.wait_event("return.incomplete", since=seq0, compartment=2)
-        self.assertEqual(e["reason"], "door_not_opened")
+        self.assertEqual(e["reason"], "door-not-opened")
         self.assertEqual(st.lock_value(2), 0)
         c = st.comp(2)
         self.assertEqual((c["state"], c["holder"]["member"]), ("locked_empty", b["member"]))
@@ -170,7 +170,7 @@ class AbortTest(StationTestCase):
         self.assertEqual(st.tap(UID_A)["outcome"], "pickup")
         seq0 = st.last_seq()
         r = st.tap(UID_A)
-        self.assertEqual((r["outcome"], r["reason"]), ("refused", "compartment_busy"))
+        self.assertEqual((r["outcome"], r["reason"]), ("refused", "compartment-busy"))
         self.assertEqual(st.outputs()[LOCK_LINES[1]]["activations"], 1)
         self.assertEqual(st.events_of("access.granted", since=seq0), [])
         st.door(1, "open")
@@ -185,7 +185,7 @@ class AbortTest(StationTestCase):
         st.door(1, "open")
         self.assertEqual(st.door(1, "close")["state"], "locked_full")
         e = st.wait_event("pickup.aborted", since=seq0, compartment=1)
-        self.assertEqual(e["reason"], "key_not_taken")
+        self.assertEqual(e["reason"], "key-not-taken")
         self.assertEqual(st.events_of("key.checkedOut", since=seq0), [])
         self.assertFalse(st.booking(b["booking"]).get("collected"))
         self.assertEqual(st.lock_value(1), 0)
@@ -202,7 +202,7 @@ class AbortTest(StationTestCase):
         st.door(2, "open")
         self.assertEqual(st.door(2, "close")["state"], "locked_empty")
         e = st.wait_event("return.incomplete", since=seq0, compartment=2)
-        self.assertEqual(e["reason"], "key_not_detected")
+        self.assertEqual(e["reason"], "key-not-detected")
         c = st.comp(2)
         self.assertEqual(c["holder"]["member"], b["member"], "the holder must stay recorded")
         # ... and the key can still be returned properly.
@@ -272,7 +272,7 @@ class AlarmTest(StationTestCase):
         seq0 = st.last_seq()
         self.assertEqual(st.key(2, "take")["state"], "sensor_fault")
         e = st.wait_event("sensor.fault", since=seq0, compartment=2)
-        self.assertEqual(e["reason"], "key_vanished_door_closed")
+        self.assertEqual(e["reason"], "key-vanished-door-closed")
         c = st.comp(2)
         self.assertEqual(c["state"], "sensor_fault")
         self.assertTrue(c.get("outOfServiceReason", "").startswith("sensor:"), c)
@@ -280,14 +280,14 @@ class AlarmTest(StationTestCase):
 
         r = st.tap(UID_A)
         self.assertEqual((r["outcome"], r["reason"], r.get("compartment")),
-                         ("refused", "out_of_service", 2))
+                         ("refused", "out-of-service", 2))
         self.assertEqual(st.lock_value(2), 0)
         denied = st.events_of("access.denied", since=seq0)
-        self.assertEqual(denied[-1]["reason"], "out_of_service")
+        self.assertEqual(denied[-1]["reason"], "out-of-service")
 
         # Still out of service after the key is back, until a technician clears it.
         self.assertEqual(st.key(2, "put")["state"], "sensor_fault")
-        self.assertEqual(st.tap(UID_A)["reason"], "out_of_service")
+        self.assertEqual(st.tap(UID_A)["reason"], "out-of-service")
         st.j("clear", 2, "--reason", "key sensor cable reseated")
         cleared = st.events_of("service.cleared", since=seq0)
         self.assertEqual(len(cleared), 1)
@@ -323,7 +323,7 @@ class AlarmTest(StationTestCase):
         st.setup_booking(compartment=4, uid=UID_A)
         st.j("disable", 4, "--reason", "lock replaced")
         self.assertEqual(st.comp(4)["state"], "out_of_service")
-        self.assertEqual(st.tap(UID_A)["reason"], "out_of_service")
+        self.assertEqual(st.tap(UID_A)["reason"], "out-of-service")
         st.j("clear", 4, "--reason", "lock works again")
         st.pickup(UID_A, 4)
 
@@ -378,7 +378,7 @@ class RefusalTest(StationTestCase):
 
     def test_unknown_card(self):
         st = self.make_station()
-        r, e = self.assertRefused(st, UID_STRANGER, "unknown_card")
+        r, e = self.assertRefused(st, UID_STRANGER, "unknown-card")
         self.assertNotIn("member", e)
 
     def test_revoked(self):
@@ -401,12 +401,12 @@ class RefusalTest(StationTestCase):
         st.add_club("club-x")
         m = st.add_member("club-x")
         st.add_card(m, UID_A)
-        self.assertRefused(st, UID_A, "no_booking")
+        self.assertRefused(st, UID_A, "no-booking")
 
     def test_outside_pickup_window(self):
         st = self.make_station()
         b = st.setup_booking(compartment=2, uid=UID_A, start_in=datetime.timedelta(hours=3))
-        r, e = self.assertRefused(st, UID_A, "outside_pickup_window", compartment=2)
+        r, e = self.assertRefused(st, UID_A, "outside-pickup-window", compartment=2)
         self.assertIn("nextBooking", r)
         self.assertEqual(parse_time(r["nextBooking"]), b["start"])
         # Within the pickup window (15 min before the start) the same card works.
@@ -417,7 +417,7 @@ class RefusalTest(StationTestCase):
         st = self.make_station()
         st.setup_booking(compartment=2, uid=UID_A)
         st.advance("40m")  # late_tolerance defaults to 30m
-        self.assertRefused(st, UID_A, "outside_pickup_window", compartment=2)
+        self.assertRefused(st, UID_A, "outside-pickup-window", compartment=2)
 
     def test_key_already_out(self):
         # Club A has compartment 2 now; club B has it right after. A picks the key up
@@ -435,7 +435,7 @@ class RefusalTest(StationTestCase):
         st.add_booking("club-b", 2, mid, mid + datetime.timedelta(hours=1))
         st.pickup(UID_A, 2)
         st.advance("20m")  # now within 15 minutes of B's start
-        r, e = self.assertRefused(st, UID_B, "key_already_out", compartment=2)
+        r, e = self.assertRefused(st, UID_B, "key-already-out", compartment=2)
         self.assertEqual(e["member"], mb)
         # A brings it back; now B can take it.
         st.give_back(UID_A, 2)
@@ -449,13 +449,21 @@ class RefusalTest(StationTestCase):
         st.key(1, "take")
         st.door(1, "close")
         self.assertEqual(st.comp(1)["state"], "locked_empty")
-        self.assertRefused(st, UID_A, "key_already_out", compartment=1)
+        self.assertRefused(st, UID_A, "key-already-out", compartment=1)
 
     def test_insecure_card(self):
         st = self.make_station()
         st.setup_booking(compartment=1, uid=UID_A)
-        self.assertRefused(st, UID_A, "insecure_card", card="uid")
+        self.assertRefused(st, UID_A, "insecure-card", card="uid")
         # The same card read as DESFire is fine.
+        self.assertEqual(st.tap(UID_A)["outcome"], "pickup")
+
+    def test_cloned_card(self):
+        st = self.make_station()
+        st.setup_booking(compartment=1, uid=UID_A)
+        # A DESFire card with a member's UID but without the site's key.
+        self.assertRefused(st, UID_A, "card-auth-failed", card="clone")
+        self.assertEqual(st.lock_value(1), 0)
         self.assertEqual(st.tap(UID_A)["outcome"], "pickup")
 
     def test_enrolled_card_works(self):

@@ -160,7 +160,7 @@ static int lock_value(struct fx *f, int n)
 
 static void tap(struct fx *f, const uint8_t *uid, size_t len)
 {
-    assert_int_equal(station_sim_tap(f->st, uid, len, CARD_KIND_DESFIRE), 0);
+    assert_int_equal(station_sim_tap(f->st, uid, len, CARD_KIND_DESFIRE, true), 0);
 }
 
 static void pickup(struct fx *f)

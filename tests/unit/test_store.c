@@ -519,7 +519,7 @@ static void test_events(void **state)
                        .club_id = "club-42",
                        .booking_id = "r-881"};
     assert_int_equal(store_event_add(f->s, &e2), 2);
-    struct event e3 = {.type = "access.denied", .member_id = "", .reason = "no_booking"};
+    struct event e3 = {.type = "access.denied", .member_id = "", .reason = "no-booking"};
     assert_int_equal(store_event_add(f->s, &e3), 3);
 
     /* Invalid events are refused and do not use up a seq. */
@@ -582,7 +582,7 @@ static void test_events(void **state)
     assert_string_equal(json_string_value(json_object_get(j2, "booking")), "r-881");
     assert_null(json_object_get(j2, "detail"));
     assert_null(json_object_get(j3, "member")); /* "" is not applicable */
-    assert_string_equal(json_string_value(json_object_get(j3, "reason")), "no_booking");
+    assert_string_equal(json_string_value(json_object_get(j3, "reason")), "no-booking");
     assert_string_equal(json_string_value(json_object_get(j4, "operator")), "tech");
     json_decref(arr);
 
@@ -637,7 +637,7 @@ static void test_tamper_detail(void **state)
 static void test_tamper_null_vs_empty(void **state)
 {
     struct fixture *f = *state;
-    struct event ev = {.type = "access.denied", .reason = "unknown_card"};
+    struct event ev = {.type = "access.denied", .reason = "unknown-card"};
     assert_int_equal(store_event_add(f->s, &ev), 1);
     assert_int_equal(store_event_add(f->s, &ev), 2);
     sqlite3 *db = raw_open(f->path);
