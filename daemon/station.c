@@ -1132,8 +1132,14 @@ int station_start(struct station *st)
     if (store_meta_set(st->store, "running", "1") != STORE_OK)
         return STATION_ESTORE;
 
-    json_t *detail = json_pack("{s:s,s:i,s:s,s:s}", "version", LOCKERD_VERSION, "compartments",
-                               st->ncomps, "gpio", st->gops->name, "reader", st->rops->name);
+    bool insecure = st->cfg->auth == CARD_AUTH_UID_INSECURE;
+    json_t *detail = json_pack("{s:s,s:i,s:s,s:s,s:s}", "version", LOCKERD_VERSION, "compartments",
+                               st->ncomps, "gpio", st->gops->name, "reader", st->rops->name, "auth",
+                               insecure ? "uid-insecure" : "desfire");
+    if (insecure)
+        json_object_set_new(detail, "warning",
+                            json_string("cards are identified by their UID alone, which can "
+                                        "be cloned"));
     struct event ev = {.type = "station.started", .detail = detail};
     int64_t seq = emit(st, &ev);
     json_decref(detail);
@@ -1344,6 +1350,13 @@ json_t *station_status_json(struct station *st)
                   st->cfg->station_name, "time", time_json(now), "timezone", st->cfg->timezone,
                   "clockSynced", clock_synced(), "gpio", st->gops->name, "reader", st->rops->name,
                   "version", LOCKERD_VERSION);
+    json_object_set_new(
+        station, "auth",
+        json_string(st->cfg->auth == CARD_AUTH_UID_INSECURE ? "uid-insecure" : "desfire"));
+    if (st->cfg->auth == CARD_AUTH_UID_INSECURE)
+        json_object_set_new(station, "warning",
+                            json_string("auth = uid-insecure: cards are identified by their UID "
+                                        "alone, which can be cloned"));
     json_t *sync = json_pack("{s:s,s:I}", "mode", "local", "outboxDepth",
                              (json_int_t)store_outbox_depth(st->store));
     return json_pack("{s:o,s:o,s:o,s:o}", "station", station, "compartments", comps, "alarms",

@@ -273,6 +273,9 @@ static void print_status(json_t *r)
            json_is_true(json_object_get(st, "clockSynced")) ? "synced" : "NOT synced",
            json_string_value(json_object_get(st, "gpio")),
            json_string_value(json_object_get(st, "reader")));
+    json_t *warning = json_object_get(st, "warning");
+    if (warning)
+        printf("WARNING: %s\n", json_string_value(warning));
     printf("\n  #  %-15s %-7s %-4s %-10s %s\n", "state", "door", "key", "lock", "holder");
     size_t i;
     json_t *c;

@@ -458,6 +458,20 @@ class RefusalTest(StationTestCase):
         # The same card read as DESFire is fine.
         self.assertEqual(st.tap(UID_A)["outcome"], "pickup")
 
+    def test_uid_insecure_is_loud(self):
+        st = self.make_station(auth="uid-insecure")
+        st.setup_booking(compartment=1, uid=UID_A)
+        # Warned in the log at every start, in status and in the event log.
+        self.assertIn("uid-insecure: cards are identified by their UID alone", st.stderr_text())
+        status = st.status()
+        self.assertEqual(status["station"]["auth"], "uid-insecure")
+        self.assertIn("cloned", status["station"]["warning"])
+        started = st.events_of("station.started")[-1]
+        self.assertEqual(started["detail"]["auth"], "uid-insecure")
+        self.assertIn("warning", started["detail"])
+        # A UID-only card is accepted, as the operator chose.
+        self.assertEqual(st.tap(UID_A, card="uid")["outcome"], "pickup")
+
     def test_cloned_card(self):
         st = self.make_station()
         st.setup_booking(compartment=1, uid=UID_A)
