@@ -56,6 +56,7 @@ struct client {
 
 struct enrolment {
     struct client *client; /* NULL when no enrolment is waiting */
+    bool issue;            /* card issue: personalise the card, then enrol it */
     char member[STORE_ID_LEN];
     char card_type[16];
     int timer;
@@ -595,6 +596,8 @@ static json_t *cmd_card_add(struct client *cl, json_t *args, struct cmd_err *err
 static void enrol_finish(struct control *ctl)
 {
     station_set_tap_hook(ctl->st, NULL, NULL);
+    if (ctl->enrol.issue)
+        station_issue_next(ctl->st, false);
     if (ctl->enrol.timer)
         loop_remove(ctl->loop, ctl->enrol.timer);
     memset(&ctl->enrol, 0, sizeof(ctl->enrol));
@@ -607,8 +610,32 @@ static void enrol_tapped(const struct decision *d, const uint8_t hmac[32],
     struct control *ctl = arg;
     struct client *cl = ctl->enrol.client;
     struct cmd_err err = {0};
-    const char *type = card->kind == CARD_KIND_DESFIRE && card->authenticated ? "desfire" : "uid";
-    json_t *r = add_credential(cl, ctl->enrol.member, hmac, type, &err);
+    json_t *r = NULL;
+    bool secure = card->kind == CARD_KIND_DESFIRE && card->authenticated;
+
+    if (ctl->enrol.issue && !card->issue_attempted) {
+        /* A card that was already being read when the request came: wait for the
+         * next one. */
+        log_info("card issue: a card was read instead of issued; tap again");
+        return;
+    }
+    if (ctl->enrol.issue && card->issue_result != 0) {
+        int res = card->issue_result;
+        fail(&err, res == -EEXIST ? "conflict" : "card_error", "%s",
+             res == -EEXIST    ? "this card already has the station's application; enrol it "
+                                 "with: lockerctl card enroll"
+             : res == -EACCES  ? "the card is not factory-fresh (its master key is not the "
+                                 "default): it cannot be issued"
+             : res == -ENOTSUP ? "only MIFARE DESFire EV1/EV2/EV3 cards can be issued"
+                               : "the card left the field or stopped answering; try again");
+    } else if (!secure && ctl->cfg->auth == CARD_AUTH_DESFIRE) {
+        fail(&err, "card_error",
+             card->kind == CARD_KIND_DESFIRE
+                 ? "this DESFire card was not issued for this site (lockerctl card issue)"
+                 : "a UID-only card cannot be used while [reader] auth = desfire");
+    } else {
+        r = add_credential(cl, ctl->enrol.member, hmac, secure ? "desfire" : "uid", &err);
+    }
     if (r)
         reply_ok(cl, r);
     else
@@ -625,7 +652,7 @@ static void enrol_timeout(void *arg)
 }
 
 /* Deferred reply: the answer comes when a card is tapped or the wait ends. */
-static json_t *cmd_card_enroll(struct client *cl, json_t *args, struct cmd_err *err)
+static json_t *wait_for_card(struct client *cl, json_t *args, bool issue, struct cmd_err *err)
 {
     struct control *ctl = cl->ctl;
     const char *member = arg_id(args, "member", err);
@@ -645,9 +672,25 @@ static json_t *cmd_card_enroll(struct client *cl, json_t *args, struct cmd_err *
         return fail(err, "internal_error", "cannot arm timer");
     }
     ctl->enrol.timer = id;
+    if (issue && station_issue_next(ctl->st, true) != 0) {
+        loop_remove(ctl->loop, id);
+        memset(&ctl->enrol, 0, sizeof(ctl->enrol));
+        return fail(err, "not_supported", "this reader cannot issue cards (auth = uid-insecure?)");
+    }
+    ctl->enrol.issue = issue;
     station_set_tap_hook(ctl->st, enrol_tapped, ctl);
-    log_info("enrolment for member %s: waiting for a card", member);
+    log_info("%s for member %s: waiting for a card", issue ? "card issue" : "enrolment", member);
     return json_incref(json_null()); /* marker: reply later */
+}
+
+static json_t *cmd_card_enroll(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    return wait_for_card(cl, args, false, err);
+}
+
+static json_t *cmd_card_issue(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    return wait_for_card(cl, args, true, err);
 }
 
 static json_t *cmd_card_revoke(struct client *cl, json_t *args, struct cmd_err *err)
@@ -884,6 +927,7 @@ static const struct command commands[] = {
     {"member.join", ROLE_MANAGER, cmd_member_join},
     {"card.add", ROLE_MANAGER, cmd_card_add},
     {"card.enroll", ROLE_MANAGER, cmd_card_enroll},
+    {"card.issue", ROLE_TECHNICIAN, cmd_card_issue},
     {"card.revoke", ROLE_MANAGER, cmd_card_revoke},
     {"open", ROLE_MANAGER, cmd_open},
     {"clear", ROLE_TECHNICIAN, cmd_clear},

@@ -739,6 +739,11 @@ static struct comp *comp_by_number(struct station *st, int n)
     return NULL;
 }
 
+int station_issue_next(struct station *st, bool on)
+{
+    return st->rops->issue_next(st->rdev, on) == 0 ? 0 : STATION_EINVAL;
+}
+
 void station_uid_hmac(const struct station *st, const uint8_t *uid, size_t len, uint8_t out[32])
 {
     unsigned int outlen = 32;
@@ -793,6 +798,10 @@ void station_card(struct station *st, const struct card_read *card)
     uint8_t hmac[32];
     station_uid_hmac(st, card->uid, card->uid_len, hmac);
 
+    if (card->issue_attempted && !st->tap_hook) {
+        log_info("an issued card arrived after its request ended; ignored");
+        return;
+    }
     if (st->tap_hook) {
         struct decision none;
         memset(&none, 0, sizeof(none));

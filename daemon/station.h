@@ -81,6 +81,11 @@ void station_set_event_listener(struct station *st, station_event_cb cb, void *a
  * (card enrolment); pass NULL to return to normal operation. */
 void station_set_tap_hook(struct station *st, station_tap_cb cb, void *arg);
 
+/* Asks the reader to personalise the next card for this site (on) or to go back to
+ * reading (off). The result arrives at the tap hook in card->issue_result.
+ * Returns 0 or STATION_EINVAL when the reader cannot issue cards. */
+int station_issue_next(struct station *st, bool on);
+
 /* A card tap (called by the reader callback; public for tests). */
 void station_card(struct station *st, const struct card_read *card);
 /* HMAC-SHA256(site key, uid). */

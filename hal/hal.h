@@ -73,6 +73,11 @@ struct card_read {
     bool authenticated; /* for DESFire: key diversification and AES auth succeeded */
     uint8_t uid[HAL_UID_MAX];
     size_t uid_len;
+    /* Set when the reader was asked to issue the next card (reader_ops.issue_next):
+     * 0 if the card was personalised for this site, else -errno (-EEXIST: already
+     * issued; -EACCES: not a factory-default card; -ENOTSUP: not a DESFire card). */
+    bool issue_attempted;
+    int issue_result;
 };
 
 enum reader_event_type { READER_CARD, READER_CARD_REMOVED, READER_FAULT };
@@ -88,6 +93,9 @@ struct reader_ops {
     void (*close)(struct reader_dev *dev);
     int (*event_fd)(struct reader_dev *dev);
     int (*dispatch)(struct reader_dev *dev);
+    /* on: the next card is personalised for this site instead of read (lockerctl
+     * card issue); off: back to reading. Returns 0 or -errno. */
+    int (*issue_next)(struct reader_dev *dev, bool on);
 };
 
 extern const struct reader_ops reader_sim_ops;

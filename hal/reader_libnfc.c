@@ -68,6 +68,7 @@ struct reader_dev {
     nfc_device *dev;           /* under mu: read by abort callers */
     int64_t watchdog_deadline; /* CLOCK_MONOTONIC ms, 0 = disarmed; under mu */
     atomic_uint watchdog_fired;
+    atomic_bool issue; /* personalise the next card instead of reading it */
 
     struct queued queue[QUEUE_LEN]; /* under mu */
     int qhead, qlen;
@@ -204,7 +205,19 @@ static bool handle_card(struct reader_dev *r, nfc_device *dev, const nfc_target 
     memset(&card, 0, sizeof(card));
 
     int rc = 0;
-    if (r->auth == CARD_AUTH_DESFIRE) {
+    if (atomic_exchange(&r->issue, false)) {
+        /* Issuing writes keys and a file: several times a read's traffic. */
+        watchdog_arm(r, 4 * WATCHDOG_MS);
+        int res = card_issue(dev, target, &r->keys, &card);
+        watchdog_arm(r, 0);
+        card.issue_attempted = true;
+        card.issue_result = res;
+        if (res == -EIO) {
+            const nfc_iso14443a_info *nai = &target->nti.nai;
+            card.uid_len = nai->szUidLen <= HAL_UID_MAX ? nai->szUidLen : HAL_UID_MAX;
+            memcpy(card.uid, nai->abtUid, card.uid_len);
+        }
+    } else if (r->auth == CARD_AUTH_DESFIRE) {
         unsigned fired = atomic_load(&r->watchdog_fired);
         watchdog_arm(r, WATCHDOG_MS);
         rc = card_read(dev, target, &r->keys, &card);
@@ -462,10 +475,19 @@ static int nfc_dispatch(struct reader_dev *r)
     return count;
 }
 
+static int nfc_issue_next(struct reader_dev *r, bool on)
+{
+    if (on && r->auth != CARD_AUTH_DESFIRE)
+        return -ENOTSUP; /* no site keys to write */
+    atomic_store(&r->issue, on);
+    return 0;
+}
+
 const struct reader_ops reader_libnfc_ops = {
     .name = "libnfc",
     .open = nfc_open_backend,
     .close = nfc_close_backend,
     .event_fd = nfc_event_fd,
     .dispatch = nfc_dispatch,
+    .issue_next = nfc_issue_next,
 };

@@ -24,6 +24,7 @@ struct tap_msg {
 
 struct reader_dev {
     int pipe_rd, pipe_wr;
+    bool issue; /* the next tap is a blank card being personalised */
     reader_event_cb cb;
     void *cb_arg;
 };
@@ -96,6 +97,13 @@ int reader_sim_tap(struct reader_dev *dev, const uint8_t *uid, size_t uid_len, e
     msg.card.authenticated = kind == CARD_KIND_DESFIRE && authenticated;
     memcpy(msg.card.uid, uid, uid_len);
     msg.card.uid_len = uid_len;
+    if (dev->issue) {
+        /* A simulated blank DESFire card takes the site's keys; other cards cannot. */
+        dev->issue = false;
+        msg.card.issue_attempted = true;
+        msg.card.issue_result = kind == CARD_KIND_DESFIRE ? 0 : -ENOTSUP;
+        msg.card.authenticated = kind == CARD_KIND_DESFIRE;
+    }
     return send_msg(dev, &msg);
 }
 
@@ -105,10 +113,17 @@ int reader_sim_remove(struct reader_dev *dev)
     return send_msg(dev, &msg);
 }
 
+static int sim_issue_next(struct reader_dev *dev, bool on)
+{
+    dev->issue = on;
+    return 0;
+}
+
 const struct reader_ops reader_sim_ops = {
     .name = "sim",
     .open = sim_open,
     .close = sim_close,
     .event_fd = sim_event_fd,
     .dispatch = sim_dispatch,
+    .issue_next = sim_issue_next,
 };

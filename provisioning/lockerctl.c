@@ -607,6 +607,28 @@ static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
                   print_card);
 }
 
+static int cmd_card_issue(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--timeout", NULL};
+    char *pos[1] = {NULL};
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    bool bad = false;
+    long secs = 60;
+    const char *t = opt_value(argc, argv, "--timeout", &bad);
+    if (t && !parse_int(t, 1, 600, &secs))
+        return usage_error("--timeout takes 1 to 600 seconds, not '%s'", t);
+    if (!ctl->json)
+        fprintf(stderr,
+                "lockerctl: hold a factory-new DESFire card on the station's reader until "
+                "this says done (%ld s)...\n",
+                secs);
+    return simple(ctl, "card.issue",
+                  json_pack("{s:s,s:I}", "member", pos[0], "timeoutMs", (json_int_t)secs * 1000),
+                  print_card);
+}
+
 static int cmd_card_revoke(struct ctl *ctl, int argc, char **argv)
 {
     char *pos[1] = {NULL};
@@ -843,6 +865,9 @@ static const struct cmd commands[] = {
      cmd_card_add},
     {"card", "enroll", "MEMBER [--timeout SECONDS]", "register the next card tapped",
      cmd_card_enroll},
+    {"card", "issue", "MEMBER [--timeout SECONDS]",
+     "personalise a factory-new DESFire card for this site and register it (technicians)",
+     cmd_card_issue},
     {"card", "revoke", "ID", "revoke a card", cmd_card_revoke},
     {"open", NULL, "N --reason TEXT", "service open (managers, technicians); logged", cmd_open},
     {"clear", NULL, "N --reason TEXT", "clear a sensor fault / put back in service (technicians)",

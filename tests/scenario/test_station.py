@@ -500,6 +500,48 @@ class RefusalTest(StationTestCase):
         st.pickup(UID_C, 4)
 
 
+    def _wait_for_card(self, st, verb, member, uid, card=None):
+        proc = subprocess.Popen([LOCKERCTL, "-s", st.sock, "--json", "card", verb, member,
+                                 "--timeout", "20"], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=sanitizer_env())
+        self.addCleanup(reap, proc)
+        # The tap goes to the waiting command as soon as the daemon has registered it.
+        wait_until(lambda: st.tap(uid, card=card).get("outcome") == "enrolment", what=verb)
+        out, err = proc.communicate(timeout=20)
+        return proc.returncode, json.loads(out), err.decode()
+
+    def test_issued_card_works(self):
+        st = self.make_station()
+        st.add_club("club-i")
+        m = st.add_member("club-i", "Issued")
+        start, end = st.booking_window()
+        st.add_booking("club-i", 3, start, end)
+        rc, card, err = self._wait_for_card(st, "issue", m, UID_C)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual((card["member"], card["card"]), (m, "desfire"))
+        self.assertEqual([e["credential"] for e in st.events_of("card.added")], [card["id"]])
+        st.pickup(UID_C, 3)
+
+    def test_issue_refuses_uid_card(self):
+        st = self.make_station()
+        st.add_club("club-i")
+        m = st.add_member("club-i", "Issued")
+        rc, reply, err = self._wait_for_card(st, "issue", m, UID_C, card="uid")
+        self.assertEqual(rc, 1)
+        self.assertEqual(reply["error"]["code"], "card_error")
+        self.assertIn("DESFire", err)
+
+    def test_enroll_refuses_foreign_card(self):
+        st = self.make_station()
+        st.add_club("club-i")
+        m = st.add_member("club-i", "Someone")
+        # A DESFire card that does not know this site's key cannot be enrolled.
+        rc, reply, err = self._wait_for_card(st, "enroll", m, UID_C, card="clone")
+        self.assertEqual(rc, 1)
+        self.assertEqual(reply["error"]["code"], "card_error")
+        self.assertEqual(st.events_of("card.added"), [])
+
+
 class CliTest(StationTestCase):
     def test_bad_uid(self):
         st = self.make_station()
