@@ -92,8 +92,8 @@ unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 # make check: everything under ASan + UBSan.
 check:
-	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins
-	$(MAKE) BUILD=build-san unit scenario
+	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins pn532-bins
+	$(MAKE) BUILD=build-san unit pn532-check scenario
 	tests/test_docs.sh build-san
 
 # make check-vm: the gpiod backend against the kernel's gpio-sim in a qemu VM, built
@@ -134,6 +134,7 @@ lint:
 	    --error-exitcode=1 -D_GNU_SOURCE -I. daemon hal provisioning
 
 include tests/fuzz/fuzz.mk
+include tests/pn532/pn532.mk
 
 clean:
 	rm -rf build build-san build-fuzz

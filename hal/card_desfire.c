@@ -26,7 +26,10 @@
  *     4  1  format version, 1
  *     5  3  AID, LSB first (binds the file to the application it sits in)
  *     8  8  issue time, UNIX seconds, big-endian, not 0
- *    16 16  reserved, zero (a later version may use them; version 1 requires zero)
+ *    16 15  reserved, zero (a later version may use them; version 1 requires zero)
+ *    31  1  end mark 0x4B ('K'), never 0x00: libfreefare 0.4.0 finds the end of an
+ *           enciphered read by searching for its CRC and can drop a trailing 0x00
+ *           byte (upstream issue #128), which would make a good card unreadable
  * Integrity and secrecy come from DESFire's enciphered file access (CRC32 under the
  * session key), so the file carries no MAC of its own.
  *
@@ -76,6 +79,8 @@
 #define CRED_OFF_AID  5
 #define CRED_OFF_TIME 8
 #define CRED_OFF_RSVD 16
+#define CRED_OFF_END  31
+#define CRED_END_MARK 0x4B
 #define AID_MAX       0xFFFFFFu
 
 #define KEYFILE_MAX 4096
@@ -198,6 +203,7 @@ int card_make_credential_file(uint32_t aid, uint64_t issued, uint8_t out[CARD_CR
         out[CRED_OFF_AID + i] = (uint8_t)(aid >> (8 * i));
     for (int i = 0; i < 8; i++)
         out[CRED_OFF_TIME + i] = (uint8_t)(issued >> (56 - 8 * i));
+    out[CRED_OFF_END] = CRED_END_MARK;
     return 0;
 }
 
@@ -216,9 +222,11 @@ int card_parse_credential_file(const uint8_t *data, size_t len, uint32_t aid)
         issued = issued << 8 | data[CRED_OFF_TIME + i];
     if (issued == 0)
         return -EPROTO;
-    for (size_t i = CRED_OFF_RSVD; i < CARD_CRED_FILE_LEN; i++)
+    for (size_t i = CRED_OFF_RSVD; i < CRED_OFF_END; i++)
         if (data[i] != 0)
             return -EPROTO;
+    if (data[CRED_OFF_END] != CRED_END_MARK)
+        return -EPROTO;
     return 0;
 }
 

@@ -64,6 +64,7 @@ struct reader_dev {
     pthread_mutex_t mu;
     pthread_cond_t cond;       /* stop requests and watchdog arming */
     bool stop;                 /* under mu */
+    bool exited;               /* under mu: the reader thread has left libnfc */
     nfc_context *ctx;          /* owned by the reader thread after open */
     nfc_device *dev;           /* under mu: read by abort callers */
     int64_t watchdog_deadline; /* CLOCK_MONOTONIC ms, 0 = disarmed; under mu */
@@ -301,6 +302,10 @@ static void *reader_main(void *arg)
             r->fault_reported = true;
         }
     }
+    pthread_mutex_lock(&r->mu);
+    r->exited = true;
+    pthread_cond_broadcast(&r->cond);
+    pthread_mutex_unlock(&r->mu);
     return NULL;
 }
 
@@ -429,8 +434,16 @@ static void nfc_close_backend(struct reader_dev *r)
     pthread_mutex_lock(&r->mu);
     r->stop = true;
     pthread_cond_broadcast(&r->cond);
-    if (r->dev)
-        nfc_abort_command(r->dev); /* ends a blocking poll with NFC_EOPABORTED */
+    /* nfc_abort_command() ends a blocking poll with NFC_EOPABORTED, but an abort sent
+     * before the driver is waiting on its abort pipe is lost: repeat it until the
+     * reader thread has left libnfc. */
+    while (!r->exited) {
+        if (r->dev)
+            nfc_abort_command(r->dev);
+        struct timespec ts;
+        deadline_ts(100, &ts);
+        pthread_cond_timedwait(&r->cond, &r->mu, &ts);
+    }
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->thread, NULL);
     pthread_join(r->watchdog, NULL);

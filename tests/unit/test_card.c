@@ -166,7 +166,8 @@ static void test_cred_layout(void **state)
           "01"               /* version */
           "C1A0F5"           /* AID LSB first */
           "0102030405060708" /* issued, big-endian */
-          "00000000000000000000000000000000",
+          "000000000000000000000000000000" /* reserved */
+          "4B",                            /* end mark: never 0x00 */
           want, sizeof(want));
     assert_int_equal(card_make_credential_file(AID, 0x0102030405060708ull, f), 0);
     assert_memory_equal(f, want, sizeof(f));
