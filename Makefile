@@ -93,6 +93,7 @@ unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 # make check: everything under ASan + UBSan.
 check:
 	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins pn532-bins
+	$(MAKE) all # the plain build, for the valgrind test
 	$(MAKE) BUILD=build-san unit pn532-check scenario
 	tests/test_docs.sh build-san
 
@@ -105,7 +106,7 @@ unit:
 	@set -e; for t in $(UNIT_TESTS); do echo "== unit: $$t"; $(BUILD)/tests/$$t; done
 
 scenario:
-	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl python3 -m unittest discover -s tests/scenario -p 'test_*.py' -v
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl LOCKERD_PLAIN=build/lockerd python3 -m unittest discover -s tests/scenario -p 'test_*.py' -v
 
 demo: all
 	provisioning/demo $(BUILD)

@@ -179,6 +179,9 @@ class Station:
         self.gpio_opts = dict(gpio or {})
         self.extra = extra
         self.proc = None
+        # A command to run lockerd under (valgrind) and the binary to run.
+        self.wrapper = []
+        self.lockerd = LOCKERD
         self.starts = 0
         self.stderr_logs = []
         self.env = sanitizer_env()
@@ -233,7 +236,8 @@ class Station:
         log = os.path.join(self.dir, "lockerd-stderr-%03d.log" % self.starts)
         self.stderr_logs.append(log)
         with open(log, "wb") as err:
-            self.proc = subprocess.Popen([LOCKERD, "-c", self.conf], stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(self.wrapper + [self.lockerd, "-c", self.conf],
+                                         stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=err, env=self.env,
                                          cwd=self.dir)
         deadline = time.monotonic() + timeout
