@@ -111,9 +111,11 @@ scenario:
 demo: all
 	provisioning/demo $(BUILD)
 
-bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap
+bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap pn532-bins
 	$(BUILD)/bench_tap
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl python3 tests/bench_idle.py
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl PN532_EMU=$(PN532_BUILD)/pn532_emu \
+	    python3 tests/bench_reader.py
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/lockerd \

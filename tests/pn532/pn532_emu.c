@@ -61,7 +61,8 @@
  *                       HH (0x80 and up make libnfc call abort(): pn53x.c:235)
  *   slow MS             every reply frame leaves MS ms after its command (0: off)
  *   baud on|off         pace all traffic at 115200 baud: 86.8 us per byte
- *   status              one "status ..." event with the chip and card state
+ *   status              one "status ..." event with the chip and card state, and the
+ *                       bytes received and sent so far (rx=N tx=N)
  *   quit                exit (also on end of stdin, SIGINT, SIGTERM)
  *
  * EVENTS (stdout, one per line; tests match on the first words)
@@ -158,6 +159,7 @@ static struct {
     size_t qhead, qcount;
     int64_t line_free_ns;
     bool baud;
+    uint64_t bytes_rx, bytes_tx; /* on the wire, both directions: the UART floor */
 
     struct card *card;
     char line[65536];
@@ -366,6 +368,7 @@ static int64_t flush_queue(bool *blocked)
             return -1;
         }
         s->pos += (size_t)w;
+        emu.bytes_tx += (uint64_t)w;
         if (emu.baud)
             emu.line_free_ns = t0 + (int64_t)w * BYTE_NS;
         if (s->pos == s->len) {
@@ -511,7 +514,8 @@ static void control(char *line)
     } else if (strcmp(c, "status") == 0) {
         char buf[512];
         chip_describe(buf, sizeof(buf));
-        emu_event("status %s pty=%s", buf, emu.master >= 0 ? emu.pts : "-");
+        emu_event("status %s pty=%s rx=%llu tx=%llu", buf, emu.master >= 0 ? emu.pts : "-",
+                  (unsigned long long)emu.bytes_rx, (unsigned long long)emu.bytes_tx);
     } else if (strcmp(c, "quit") == 0) {
         emu.quit = true;
     } else {
@@ -654,8 +658,10 @@ int main(int argc, char **argv)
         if (m_idx >= 0 && (pfd[m_idx].revents & (POLLIN | POLLHUP | POLLERR))) {
             uint8_t buf[1024];
             ssize_t k = read(emu.master, buf, sizeof(buf));
-            if (k > 0)
+            if (k > 0) {
+                emu.bytes_rx += (uint64_t)k;
                 chip_rx(buf, (size_t)k);
+            }
         }
         if (in_idx >= 0 && (pfd[in_idx].revents & (POLLIN | POLLHUP | POLLERR))) {
             read_stdin();
