@@ -97,14 +97,19 @@ static bool same_line(const struct line_cfg *a, const struct line_cfg *b)
     return strcmp(a->name, b->name) == 0 && a->active_low == b->active_low && a->bias == b->bias;
 }
 
-/* Hardware settings cannot change while lines are requested: keep the running
- * ones and say so. */
+/* Settings the hardware backends took at open (lines, chips, the coil limit the
+ * GPIO backend enforces on its own, the reader and its keys) cannot change while
+ * they run: keep the running configuration and say so. */
 static bool hardware_changed(const struct config *a, const struct config *b)
 {
     if (a->gpio_backend != b->gpio_backend || a->reader_backend != b->reader_backend ||
         a->n_compartments != b->n_compartments || strcmp(a->state_dir, b->state_dir) != 0 ||
         strcmp(a->socket_path, b->socket_path) != 0 || !same_line(&a->tamper, &b->tamper) ||
-        a->sim_clock != b->sim_clock)
+        a->sim_clock != b->sim_clock || strcmp(a->gpio_chip, b->gpio_chip) != 0 ||
+        a->debounce_ms != b->debounce_ms || a->max_energize_ms != b->max_energize_ms ||
+        a->auth != b->auth || strcmp(a->reader_connstring, b->reader_connstring) != 0 ||
+        strcmp(a->reader_aid, b->reader_aid) != 0 ||
+        strcmp(a->reader_key_file, b->reader_key_file) != 0)
         return true;
     for (int i = 0; i < a->n_compartments; i++) {
         const struct compartment_cfg *x = &a->compartments[i], *y = &b->compartments[i];
