@@ -209,7 +209,8 @@ void emu_trace_hex(const char *what, const uint8_t *buf, size_t len)
 {
     if (!emu.verbose)
         return;
-    fprintf(stderr, "pn532_emu: %-6s", what);
+    /* Monotonic milliseconds: gaps between frames show where the host spends time. */
+    fprintf(stderr, "pn532_emu: %10.3f %-6s", (double)now_ns() / 1e6, what);
     for (size_t i = 0; i < len; i++)
         fprintf(stderr, " %02X", buf[i]);
     fputc('\n', stderr);
