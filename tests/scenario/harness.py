@@ -162,7 +162,7 @@ class Station:
     """One simulated station: temp dir, config, lockerd process and lockerctl."""
 
     def __init__(self, name="station", compartments=4, tamper=True, auth="desfire",
-                 station=None, policy=None, gpio=None, extra=""):
+                 station=None, policy=None, gpio=None, reader=None, extra=""):
         self.dir = tempfile.mkdtemp(prefix="lockerd-%s-" % name)
         self.state_dir = os.path.join(self.dir, "state")
         self.run_dir = os.path.join(self.dir, "run")
@@ -177,6 +177,7 @@ class Station:
         self.station_opts = dict(station or {})
         self.policy_opts = dict(policy or {})
         self.gpio_opts = dict(gpio or {})
+        self.reader_opts = dict(reader or {})  # e.g. backend = libnfc, connstring = ...
         self.extra = extra
         self.proc = None
         # A command to run lockerd under (valgrind) and the binary to run.
@@ -204,7 +205,9 @@ class Station:
         gpio.update(self.gpio_opts)
         out = ["# written by tests/scenario/harness.py", "[station]"]
         out += ["%s = %s" % kv for kv in st.items()]
-        out += ["", "[reader]", "backend = sim", "auth = %s" % self.auth]
+        reader = {"backend": "sim", "auth": self.auth}
+        reader.update(self.reader_opts)
+        out += ["", "[reader]"] + ["%s = %s" % kv for kv in reader.items()]
         out += ["", "[gpio]"] + ["%s = %s" % kv for kv in gpio.items()]
         if self.policy_opts:
             out += ["", "[policy]"] + ["%s = %s" % kv for kv in self.policy_opts.items()]
