@@ -25,7 +25,7 @@ const struct reader_ops *hal_reader_ops(enum reader_backend backend)
     case READER_BACKEND_SIM:
         return &reader_sim_ops;
     case READER_BACKEND_LIBNFC:
-        return &reader_libnfc_ops;
+        return &reader_libnfc_supervised_ops; /* reader_libnfc_ops in a child process */
     }
     return NULL;
 }

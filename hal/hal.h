@@ -99,7 +99,8 @@ struct reader_ops {
 };
 
 extern const struct reader_ops reader_sim_ops;
-extern const struct reader_ops reader_libnfc_ops;
+extern const struct reader_ops reader_libnfc_ops;            /* in-process */
+extern const struct reader_ops reader_libnfc_supervised_ops; /* the same, in a child process */
 const struct reader_ops *hal_reader_ops(enum reader_backend backend);
 
 /* ------------------------------------------------------ simulation controls
