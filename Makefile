@@ -58,6 +58,7 @@ HAL_SRCS    := hal/hal.c           \
                hal/gpio_gpiod.c    \
                hal/reader_sim.c    \
                hal/reader_libnfc.c \
+               hal/reader_proc.c   \
                hal/card_desfire.c
 
 LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
