@@ -51,6 +51,7 @@ DAEMON_SRCS := daemon/loop.c       \
                daemon/store.c      \
                daemon/policy.c     \
                daemon/station.c    \
+               daemon/report.c     \
                daemon/control.c
 
 HAL_SRCS    := hal/hal.c           \
@@ -64,8 +65,8 @@ HAL_SRCS    := hal/hal.c           \
 LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
 LOCKERCTL_SRCS := provisioning/lockerctl.c $(COMMON_SRCS)
 
-UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card
-BENCH_SRCS  := tests/bench_tap.c
+UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card test_report
+BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
@@ -86,7 +87,10 @@ $(BUILD)/lockerctl: $(call obj,$(LOCKERCTL_SRCS))
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell $(PKG_CONFIG) --libs cmocka)
 
-$(BUILD)/bench_tap: $(call obj,$(BENCH_SRCS)) $(CORE_OBJS)
+$(BUILD)/bench_tap: $(call obj,tests/bench_tap.c) $(CORE_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/bench_report: $(call obj,tests/bench_report.c) $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
@@ -112,8 +116,11 @@ scenario:
 demo: all
 	provisioning/demo $(BUILD)
 
-bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap pn532-bins
+bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap $(BUILD)/bench_report pn532-bins
 	$(BUILD)/bench_tap
+	$(BUILD)/bench_report
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl BENCH_REPORT=$(BUILD)/bench_report \
+	    python3 tests/bench_report.py
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl python3 tests/bench_idle.py
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl PN532_EMU=$(PN532_BUILD)/pn532_emu \
 	    python3 tests/bench_reader.py

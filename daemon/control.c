@@ -30,6 +30,7 @@
 
 #include "daemon/clock.h"
 #include "daemon/log.h"
+#include "daemon/report.h"
 #include "daemon/timeutil.h"
 
 #define LINE_MAX_BYTES    65536
@@ -326,9 +327,10 @@ static json_t *cmd_events(struct client *cl, json_t *args, struct cmd_err *err)
         int rc = store_events_verify(s, &bad, why, sizeof(why));
         if (rc == STORE_ERR)
             return fail(err, "internal_error", "the event log could not be read");
-        json_t *r = json_pack("{s:b,s:I,s:I}", "intact", rc == STORE_OK, "events",
+        json_t *r = json_pack("{s:b,s:I,s:I,s:I}", "intact", rc == STORE_OK, "events",
                               (json_int_t)store_event_count(s, NULL), "lastSeq",
-                              (json_int_t)store_last_seq(s));
+                              (json_int_t)store_last_seq(s), "erased",
+                              (json_int_t)store_event_erased_count(s));
         if (rc != STORE_OK) {
             json_object_set_new(r, "firstBadSeq", json_integer(bad));
             json_object_set_new(r, "reason", json_string(why));
@@ -530,6 +532,69 @@ static json_t *cmd_member_join(struct client *cl, json_t *args, struct cmd_err *
         return ok ? fail(err, "internal_error", "database error") : NULL;
     }
     return json_pack("{s:s}", "id", member);
+}
+
+/* Right of access: everything held about a member. The export itself is recorded
+ * (member.exported), so that who looked at whose data is accountable. */
+static json_t *cmd_member_export(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *member = arg_id(args, "member", err);
+    if (!member)
+        return NULL;
+    struct store *s = cl->ctl->store;
+    int rc;
+    json_t *out = store_member_export(s, member, &rc);
+    if (rc == STORE_NOTFOUND)
+        return fail(err, "not_found", "no member '%s'", member);
+    struct event ev = {.member_id = member};
+    if (!out || !audit(cl, "member.exported", &ev)) {
+        json_decref(out);
+        return fail(err, "internal_error", "database error");
+    }
+    return out;
+}
+
+/* Right to erasure: the member, memberships and cards go; their events stay with
+ * the ids replaced (see store_member_erase()). The member.erased event names no
+ * one: only the operator, the reason and the counts. */
+static json_t *cmd_member_erase(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *member = arg_id(args, "member", err);
+    const char *reason = member ? arg_str(args, "reason", 200, err) : NULL;
+    if (!reason)
+        return NULL;
+    if (cl->ctl->enrol.client && strcmp(cl->ctl->enrol.member, member) == 0)
+        return fail(err, "conflict",
+                    "a card enrolment for member '%s' is waiting; let it end first", member);
+    struct store *s = cl->ctl->store;
+    struct erase_result er;
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    int rc = store_member_erase(s, member, &er);
+    if (rc != STORE_OK) {
+        store_rollback(s);
+        if (rc == STORE_NOTFOUND)
+            return fail(err, "not_found", "no member '%s'", member);
+        if (rc == STORE_CONFLICT)
+            return fail(err, "conflict",
+                        "member '%s' holds the key of compartment %d or it is being opened for "
+                        "them; erase after the key is back",
+                        member, er.compartment);
+        return fail(err, "internal_error", "database error");
+    }
+    json_t *detail = json_pack("{s:I,s:i,s:i}", "events", (json_int_t)er.events, "cards",
+                               er.credentials, "clubs", er.clubs);
+    struct event ev = {.reason = reason, .detail = detail};
+    bool ok = detail && audit(cl, "member.erased", &ev) && store_commit(s) == STORE_OK;
+    json_decref(detail);
+    if (!ok) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    /* The old row versions may still be in the WAL: move them out now. */
+    store_checkpoint(s);
+    return json_pack("{s:s,s:I,s:i,s:i}", "id", member, "events", (json_int_t)er.events, "cards",
+                     er.credentials, "clubs", er.clubs);
 }
 
 /* Registers a credential for a member from an HMAC (card add, card enroll). */
@@ -766,6 +831,46 @@ static json_t *cmd_prune(struct client *cl, json_t *args, struct cmd_err *err)
     return json_pack("{s:I}", "pruned", (json_int_t)n);
 }
 
+/* An optional period bound; *given tells whether it was there. */
+static bool arg_bound(json_t *args, const char *name, bool end, int64_t *out, bool *given,
+                      struct cmd_err *err)
+{
+    *given = json_object_get(args, name) != NULL;
+    if (!*given)
+        return true;
+    const char *s = arg_str(args, name, 64, err);
+    if (!s)
+        return false;
+    if (!report_parse_bound(s, end, out)) {
+        fail(err, "bad_request",
+             "--%s '%s' is not a date like 2026-03-01 or a time like 2026-03-01T18:00+01:00 (in "
+             "the station's time zone it may not exist)",
+             name, s);
+        return false;
+    }
+    return true;
+}
+
+static json_t *cmd_report(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int64_t now = clock_wall_ms(), from, to, dummy;
+    bool have_from, have_to;
+    report_default_period(now, &from, &to);
+    if (!arg_bound(args, "from", false, &from, &have_from, err) ||
+        !arg_bound(args, "to", true, &to, &have_to, err))
+        return NULL;
+    /* --to alone: the four weeks before it. */
+    if (have_to && !have_from)
+        report_default_period(to, &from, &dummy);
+    if (from >= to)
+        return fail(err, "bad_request", "the period is empty: --from must be before --to");
+    if (to - from > (int64_t)REPORT_MAX_DAYS * 86400000)
+        return fail(err, "bad_request", "a report covers at most %d days", REPORT_MAX_DAYS);
+    char why[128] = "";
+    json_t *r = report_build(cl->ctl->store, cl->ctl->cfg, from, to, now, why, sizeof(why));
+    return r ? r : fail(err, "internal_error", "report: %s", why);
+}
+
 static json_t *cmd_sync_status(struct client *cl, json_t *args, struct cmd_err *err)
 {
     (void)args;
@@ -925,6 +1030,9 @@ static const struct command commands[] = {
     {"club.add", ROLE_MANAGER, cmd_club_add},
     {"member.add", ROLE_MANAGER, cmd_member_add},
     {"member.join", ROLE_MANAGER, cmd_member_join},
+    {"member.export", ROLE_MANAGER, cmd_member_export},
+    {"member.erase", ROLE_TECHNICIAN, cmd_member_erase},
+    {"report", ROLE_MANAGER, cmd_report},
     {"card.add", ROLE_MANAGER, cmd_card_add},
     {"card.enroll", ROLE_MANAGER, cmd_card_enroll},
     {"card.issue", ROLE_TECHNICIAN, cmd_card_issue},

@@ -36,96 +36,135 @@
 /* Club ids bound per bookings query; longer lists are queried in chunks. */
 #define CLUBS_PER_QUERY 16
 
+struct store;
+static bool rechain_v2(struct store *s, char *err, size_t errlen);
+static bool record_rechain(struct store *s);
+
 /*
- * Forward migrations: migrations[i] takes the schema from user_version i to i + 1.
+ * Forward migrations: migrations[i] takes the schema from user_version i to i + 1:
+ * its sql, then its fn (if any), then its post_sql, all in one transaction.
  * Append only; never edit a migration that has shipped.
  */
-static const char *const migrations[] = {
+struct migration {
+    const char *sql;
+    bool (*fn)(struct store *s, char *err, size_t errlen);
+    const char *post_sql;
+};
+
+static const struct migration migrations[] = {
     /* 1: initial schema */
-    "CREATE TABLE meta ("
-    "  key TEXT PRIMARY KEY NOT NULL,"
-    "  value TEXT NOT NULL);"
-    "CREATE TABLE clubs ("
-    "  id TEXT PRIMARY KEY NOT NULL,"
-    "  name TEXT NOT NULL);"
-    "CREATE TABLE members ("
-    "  id TEXT PRIMARY KEY NOT NULL,"
-    "  name TEXT NOT NULL,"
-    "  role TEXT NOT NULL CHECK (role IN ('member', 'manager', 'technician')));"
-    "CREATE TABLE member_clubs ("
-    "  member_id TEXT NOT NULL REFERENCES members (id),"
-    "  club_id TEXT NOT NULL REFERENCES clubs (id),"
-    "  PRIMARY KEY (member_id, club_id)) WITHOUT ROWID;"
-    "CREATE INDEX member_clubs_club ON member_clubs (club_id);"
-    "CREATE TABLE credentials ("
-    "  id TEXT PRIMARY KEY NOT NULL,"
-    "  member_id TEXT NOT NULL REFERENCES members (id),"
-    "  uid_hmac BLOB NOT NULL UNIQUE CHECK (length(uid_hmac) = 32),"
-    "  card_type TEXT NOT NULL,"
-    "  valid_from INTEGER NOT NULL,"
-    "  valid_until INTEGER NOT NULL,"
-    "  status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),"
-    "  source TEXT NOT NULL,"
-    "  synced_at INTEGER NOT NULL);"
-    "CREATE INDEX credentials_member ON credentials (member_id);"
-    /* No foreign key to clubs: the city's reservation feed may name a club before
-     * the credentials feed has delivered it. */
-    "CREATE TABLE bookings ("
-    "  id TEXT PRIMARY KEY NOT NULL,"
-    "  club_id TEXT NOT NULL,"
-    "  compartment INTEGER NOT NULL,"
-    "  start_ms INTEGER NOT NULL,"
-    "  end_ms INTEGER NOT NULL,"
-    "  status TEXT NOT NULL CHECK (status IN ('active', 'cancelled')),"
-    "  source TEXT NOT NULL,"
-    "  collected_ms INTEGER NOT NULL,"
-    "  synced_at INTEGER NOT NULL);"
-    "CREATE INDEX bookings_club_end ON bookings (club_id, end_ms);"
-    "CREATE INDEX bookings_comp_start ON bookings (compartment, start_ms);"
-    "CREATE TABLE compartments ("
-    "  number INTEGER PRIMARY KEY,"
-    "  out_of_service INTEGER NOT NULL,"
-    "  oos_reason TEXT NOT NULL,"
-    "  purpose TEXT NOT NULL,"
-    "  pending_member TEXT NOT NULL,"
-    "  pending_credential TEXT NOT NULL,"
-    "  pending_club TEXT NOT NULL,"
-    "  pending_booking TEXT NOT NULL,"
-    "  holder_member TEXT NOT NULL,"
-    "  holder_club TEXT NOT NULL,"
-    "  holder_booking TEXT NOT NULL,"
-    "  holder_since_ms INTEGER NOT NULL,"
-    "  due_ms INTEGER NOT NULL,"
-    "  overdue_reported INTEGER NOT NULL);"
-    "CREATE TABLE events ("
-    "  seq INTEGER PRIMARY KEY,"
-    "  event_id TEXT NOT NULL UNIQUE,"
-    "  type TEXT NOT NULL,"
-    "  occurred_ms INTEGER NOT NULL,"
-    "  mono_ms INTEGER NOT NULL,"
-    "  clock_synced INTEGER NOT NULL,"
-    "  boot_id TEXT NOT NULL,"
-    "  compartment INTEGER,"
-    "  member_id TEXT,"
-    "  credential_id TEXT,"
-    "  club_id TEXT,"
-    "  booking_id TEXT,"
-    "  reason TEXT,"
-    "  operator TEXT,"
-    "  detail TEXT,"
-    "  prev_hash BLOB NOT NULL,"
-    "  hash BLOB NOT NULL);"
-    /* The chain would catch an edit, but refusing it catches our own bugs early.
-     * Pruning deletes, which stays allowed. */
-    "CREATE TRIGGER events_append_only BEFORE UPDATE ON events"
-    "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
-    "CREATE TABLE outbox ("
-    "  seq INTEGER PRIMARY KEY REFERENCES events (seq));"
-    "CREATE TABLE chain_checkpoint ("
-    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
-    "  seq INTEGER NOT NULL,"
-    "  hash BLOB NOT NULL,"
-    "  pruned_at INTEGER NOT NULL);",
+    {
+        "CREATE TABLE meta ("
+        "  key TEXT PRIMARY KEY NOT NULL,"
+        "  value TEXT NOT NULL);"
+        "CREATE TABLE clubs ("
+        "  id TEXT PRIMARY KEY NOT NULL,"
+        "  name TEXT NOT NULL);"
+        "CREATE TABLE members ("
+        "  id TEXT PRIMARY KEY NOT NULL,"
+        "  name TEXT NOT NULL,"
+        "  role TEXT NOT NULL CHECK (role IN ('member', 'manager', 'technician')));"
+        "CREATE TABLE member_clubs ("
+        "  member_id TEXT NOT NULL REFERENCES members (id),"
+        "  club_id TEXT NOT NULL REFERENCES clubs (id),"
+        "  PRIMARY KEY (member_id, club_id)) WITHOUT ROWID;"
+        "CREATE INDEX member_clubs_club ON member_clubs (club_id);"
+        "CREATE TABLE credentials ("
+        "  id TEXT PRIMARY KEY NOT NULL,"
+        "  member_id TEXT NOT NULL REFERENCES members (id),"
+        "  uid_hmac BLOB NOT NULL UNIQUE CHECK (length(uid_hmac) = 32),"
+        "  card_type TEXT NOT NULL,"
+        "  valid_from INTEGER NOT NULL,"
+        "  valid_until INTEGER NOT NULL,"
+        "  status TEXT NOT NULL CHECK (status IN ('active', 'revoked')),"
+        "  source TEXT NOT NULL,"
+        "  synced_at INTEGER NOT NULL);"
+        "CREATE INDEX credentials_member ON credentials (member_id);"
+        /* No foreign key to clubs: the city's reservation feed may name a club before
+         * the credentials feed has delivered it. */
+        "CREATE TABLE bookings ("
+        "  id TEXT PRIMARY KEY NOT NULL,"
+        "  club_id TEXT NOT NULL,"
+        "  compartment INTEGER NOT NULL,"
+        "  start_ms INTEGER NOT NULL,"
+        "  end_ms INTEGER NOT NULL,"
+        "  status TEXT NOT NULL CHECK (status IN ('active', 'cancelled')),"
+        "  source TEXT NOT NULL,"
+        "  collected_ms INTEGER NOT NULL,"
+        "  synced_at INTEGER NOT NULL);"
+        "CREATE INDEX bookings_club_end ON bookings (club_id, end_ms);"
+        "CREATE INDEX bookings_comp_start ON bookings (compartment, start_ms);"
+        "CREATE TABLE compartments ("
+        "  number INTEGER PRIMARY KEY,"
+        "  out_of_service INTEGER NOT NULL,"
+        "  oos_reason TEXT NOT NULL,"
+        "  purpose TEXT NOT NULL,"
+        "  pending_member TEXT NOT NULL,"
+        "  pending_credential TEXT NOT NULL,"
+        "  pending_club TEXT NOT NULL,"
+        "  pending_booking TEXT NOT NULL,"
+        "  holder_member TEXT NOT NULL,"
+        "  holder_club TEXT NOT NULL,"
+        "  holder_booking TEXT NOT NULL,"
+        "  holder_since_ms INTEGER NOT NULL,"
+        "  due_ms INTEGER NOT NULL,"
+        "  overdue_reported INTEGER NOT NULL);"
+        "CREATE TABLE events ("
+        "  seq INTEGER PRIMARY KEY,"
+        "  event_id TEXT NOT NULL UNIQUE,"
+        "  type TEXT NOT NULL,"
+        "  occurred_ms INTEGER NOT NULL,"
+        "  mono_ms INTEGER NOT NULL,"
+        "  clock_synced INTEGER NOT NULL,"
+        "  boot_id TEXT NOT NULL,"
+        "  compartment INTEGER,"
+        "  member_id TEXT,"
+        "  credential_id TEXT,"
+        "  club_id TEXT,"
+        "  booking_id TEXT,"
+        "  reason TEXT,"
+        "  operator TEXT,"
+        "  detail TEXT,"
+        "  prev_hash BLOB NOT NULL,"
+        "  hash BLOB NOT NULL);"
+        /* The chain would catch an edit, but refusing it catches our own bugs early.
+         * Pruning deletes, which stays allowed. */
+        "CREATE TRIGGER events_append_only BEFORE UPDATE ON events"
+        "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+        "CREATE TABLE outbox ("
+        "  seq INTEGER PRIMARY KEY REFERENCES events (seq));"
+        "CREATE TABLE chain_checkpoint ("
+        "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+        "  seq INTEGER NOT NULL,"
+        "  hash BLOB NOT NULL,"
+        "  pruned_at INTEGER NOT NULL);",
+        NULL,
+        NULL,
+    },
+    /* 2: the chain covers a salted digest of the member and credential ids instead of
+     * the ids (right to erasure), and indexes for reports. rechain_v2() fills the
+     * digests and rehashes the existing rows; the triggers then allow exactly one kind
+     * of update: erasing the ids and the salt. */
+    {
+        "DROP TRIGGER events_append_only;"
+        "ALTER TABLE events ADD COLUMN subject_salt BLOB;"
+        "ALTER TABLE events ADD COLUMN subject_digest BLOB;"
+        /* Pickups and overdue keys of a booking; returns of a compartment in order. */
+        "CREATE INDEX events_booking ON events (booking_id, type) WHERE booking_id IS NOT NULL;"
+        "CREATE INDEX events_returns ON events (compartment, seq) WHERE type = 'key.returned';"
+        "CREATE INDEX bookings_start ON bookings (start_ms);",
+        rechain_v2,
+        "CREATE TRIGGER events_append_only BEFORE UPDATE OF seq, event_id, type, occurred_ms,"
+        "  mono_ms, clock_synced, boot_id, compartment, club_id, booking_id, reason, operator,"
+        "  detail, subject_digest, prev_hash, hash ON events"
+        "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+        "CREATE TRIGGER events_erase_only BEFORE UPDATE OF member_id, credential_id, subject_salt"
+        "  ON events WHEN NEW.subject_salt IS NOT NULL"
+        "  OR NOT (NEW.member_id IS OLD.member_id OR NEW.member_id = '" STORE_ERASED_ID "')"
+        "  OR NOT (NEW.credential_id IS OLD.credential_id"
+        "          OR NEW.credential_id = '" STORE_ERASED_ID "')"
+        "  BEGIN SELECT RAISE(ABORT, 'events may only be erased'); END;",
+    },
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -137,11 +176,39 @@ static const char *const migrations[] = {
     "number, out_of_service, oos_reason, purpose, pending_member, pending_credential, "            \
     "pending_club, pending_booking, holder_member, holder_club, holder_booking, "                  \
     "holder_since_ms, due_ms, overdue_reported"
-/* The hashed columns, in hashing order; prev_hash and hash follow them in queries. */
+/* The content columns of an event, then the subject salt and digest and the chain.
+ * The chain hash covers the content columns in this order except member_id and
+ * credential_id, whose place the subject digest takes (see chain_hash()). */
 #define EVENT_COLS                                                                                 \
     "seq, event_id, type, occurred_ms, mono_ms, clock_synced, boot_id, compartment, "              \
     "member_id, credential_id, club_id, booking_id, reason, operator, detail"
-#define EVENT_NCOLS 15
+#define EVENT_NCOLS    15
+#define EVENT_ALL_COLS EVENT_COLS ", subject_salt, subject_digest, prev_hash, hash"
+enum event_col {
+    EC_SEQ,
+    EC_EVENT_ID,
+    EC_TYPE,
+    EC_OCCURRED,
+    EC_MONO,
+    EC_SYNCED,
+    EC_BOOT,
+    EC_COMPARTMENT,
+    EC_MEMBER,
+    EC_CREDENTIAL,
+    EC_CLUB,
+    EC_BOOKING,
+    EC_REASON,
+    EC_OPERATOR,
+    EC_DETAIL,
+    EC_SALT,
+    EC_DIGEST,
+    EC_PREV_HASH,
+    EC_HASH
+};
+/* Fields hashed per row: the content columns with the two ids replaced by one
+ * subject field. Schema version 1 hashed all 15 content columns. */
+#define CHAIN_NFIELDS (EVENT_NCOLS - 1)
+#define SALT_LEN      16
 
 enum query {
     Q_BEGIN,
@@ -149,6 +216,7 @@ enum query {
     Q_ROLLBACK,
     Q_META_GET,
     Q_META_SET,
+    Q_META_DEL,
     Q_CLUB_ADD,
     Q_CLUB_GET,
     Q_MEMBER_ADD,
@@ -182,6 +250,16 @@ enum query {
     Q_PRUNE_OUTBOX,
     Q_OUTBOX_DEPTH,
     Q_INTEGRITY,
+    Q_MEMBER_CLUBS_NAMED,
+    Q_MEMBER_CREDS,
+    Q_MEMBER_COMPS,
+    Q_MEMBER_EVENTS,
+    Q_ERASE_EVENTS,
+    Q_ERASE_CREDS,
+    Q_ERASE_CLUBS,
+    Q_ERASE_MEMBER,
+    Q_ERASED_COUNT,
+    Q_REPORT,
     Q_COUNT
 };
 
@@ -192,6 +270,7 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_META_GET] = "SELECT value FROM meta WHERE key = ?1",
     [Q_META_SET] = "INSERT INTO meta (key, value) VALUES (?1, ?2)"
                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    [Q_META_DEL] = "DELETE FROM meta WHERE key = ?1",
     [Q_CLUB_ADD] = "INSERT INTO clubs (id, name) VALUES (?1, ?2)",
     [Q_CLUB_GET] = "SELECT id, name FROM clubs WHERE id = ?1",
     [Q_MEMBER_ADD] = "INSERT INTO members (id, name, role) VALUES (?1, ?2, ?3)",
@@ -222,10 +301,10 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_COMP_GET] = "SELECT " COMP_COLS " FROM compartments WHERE number = ?1",
     [Q_COMP_SAVE] = "INSERT OR REPLACE INTO compartments (" COMP_COLS ") VALUES (?1, ?2, ?3, "
                     "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-    [Q_EVENT_ADD] = "INSERT INTO events (" EVENT_COLS ", prev_hash, hash) VALUES (?1, ?2, ?3, "
-                    "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+    [Q_EVENT_ADD] = "INSERT INTO events (" EVENT_ALL_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, "
+                    "?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
     [Q_OUTBOX_ADD] = "INSERT INTO outbox (seq) VALUES (?1)",
-    [Q_EVENTS_SINCE] = "SELECT " EVENT_COLS ", prev_hash, hash FROM events WHERE seq > ?1"
+    [Q_EVENTS_SINCE] = "SELECT " EVENT_ALL_COLS " FROM events WHERE seq > ?1"
                        " ORDER BY seq LIMIT ?2",
     [Q_LAST_EVENT] = "SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1",
     [Q_LAST_SEQ] = "SELECT coalesce(max(seq), 0) FROM events",
@@ -243,6 +322,43 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_PRUNE_OUTBOX] = "DELETE FROM outbox WHERE seq <= ?1",
     [Q_OUTBOX_DEPTH] = "SELECT count(*) FROM outbox",
     [Q_INTEGRITY] = "PRAGMA integrity_check",
+    [Q_MEMBER_CLUBS_NAMED] = "SELECT c.id, c.name FROM member_clubs mc JOIN clubs c"
+                             " ON c.id = mc.club_id WHERE mc.member_id = ?1 ORDER BY c.id",
+    [Q_MEMBER_CREDS] = "SELECT " CRED_COLS " FROM credentials WHERE member_id = ?1 ORDER BY id",
+    [Q_MEMBER_COMPS] = "SELECT number, holder_member = ?1, pending_member = ?1 FROM compartments"
+                       " WHERE holder_member = ?1 OR pending_member = ?1 ORDER BY number",
+    /* Export and erasure scan the log: they are rare, and an index on the ids would
+     * be one more copy of them to erase. */
+    [Q_MEMBER_EVENTS] = "SELECT " EVENT_ALL_COLS " FROM events WHERE member_id = ?1"
+                        " OR credential_id IN (SELECT id FROM credentials WHERE member_id = ?1)"
+                        " ORDER BY seq",
+    [Q_ERASE_EVENTS] =
+        "UPDATE events SET"
+        " member_id = CASE WHEN member_id = ?1 THEN '" STORE_ERASED_ID "' ELSE member_id END,"
+        " credential_id = CASE WHEN credential_id IN"
+        "   (SELECT id FROM credentials WHERE member_id = ?1)"
+        "   THEN '" STORE_ERASED_ID "' ELSE credential_id END,"
+        " subject_salt = NULL"
+        " WHERE member_id = ?1"
+        " OR credential_id IN (SELECT id FROM credentials WHERE member_id = ?1)",
+    [Q_ERASE_CREDS] = "DELETE FROM credentials WHERE member_id = ?1",
+    [Q_ERASE_CLUBS] = "DELETE FROM member_clubs WHERE member_id = ?1",
+    [Q_ERASE_MEMBER] = "DELETE FROM members WHERE id = ?1",
+    [Q_ERASED_COUNT] = "SELECT count(*) FROM events"
+                       " WHERE subject_digest IS NOT NULL AND subject_salt IS NULL",
+    /* One row per booking and pickup. The return of a pickup is the compartment's
+     * next key.returned, whoever made it (a return carries no booking id). */
+    [Q_REPORT] = "SELECT b.id, b.club_id, b.compartment, b.start_ms, b.end_ms, b.status,"
+                 " co.occurred_ms,"
+                 " (SELECT r.occurred_ms FROM events r WHERE r.type = 'key.returned'"
+                 "   AND r.compartment = co.compartment AND r.seq > co.seq"
+                 "   ORDER BY r.seq LIMIT 1),"
+                 " (SELECT count(*) FROM events o WHERE o.booking_id = b.id"
+                 "   AND o.type = 'key.overdue')"
+                 " FROM bookings b LEFT JOIN events co"
+                 " ON co.booking_id = b.id AND co.type = 'key.checkedOut'"
+                 " WHERE b.start_ms >= ?1 AND b.start_ms < ?2"
+                 " ORDER BY b.start_ms, b.id, co.seq",
 };
 
 struct store {
@@ -418,7 +534,21 @@ static bool migrate(struct store *s, const char *path, char *err, size_t errlen)
             break;
         char setv[48];
         snprintf(setv, sizeof setv, "PRAGMA user_version = %d", v + 1);
-        if (sqlite3_exec(s->db, migrations[v], NULL, NULL, NULL) != SQLITE_OK ||
+        const struct migration *m = &migrations[v];
+        if (sqlite3_exec(s->db, m->sql, NULL, NULL, NULL) != SQLITE_OK) {
+            snprintf(err, errlen, "%s: migration to schema version %d: %s", path, v + 1,
+                     sqlite3_errmsg(s->db));
+            goto fail;
+        }
+        if (m->fn != NULL) {
+            char why[256] = "";
+            if (!m->fn(s, why, sizeof why)) {
+                snprintf(err, errlen, "%s: migration to schema version %d: %s", path, v + 1, why);
+                goto fail;
+            }
+        }
+        if ((m->post_sql != NULL &&
+             sqlite3_exec(s->db, m->post_sql, NULL, NULL, NULL) != SQLITE_OK) ||
             sqlite3_exec(s->db, setv, NULL, NULL, NULL) != SQLITE_OK) {
             snprintf(err, errlen, "%s: migration to schema version %d: %s", path, v + 1,
                      sqlite3_errmsg(s->db));
@@ -519,13 +649,24 @@ struct store *store_open(const char *path, char *err, size_t errlen)
         goto fail;
     }
     /* 1 MiB of page cache is plenty for the tap path (a few index pages) and keeps
-     * lockerd within its 10 MB memory budget however long the log grows. */
-    if (sqlite3_exec(s->db, "PRAGMA synchronous = FULL; PRAGMA cache_size = -1024", NULL, NULL,
-                     NULL) != SQLITE_OK) {
+     * lockerd within its 10 MB memory budget however long the log grows.
+     * secure_delete overwrites deleted and replaced content with zeros: an erased
+     * member or a pruned event must not live on in free space of the file. */
+    if (sqlite3_exec(s->db,
+                     "PRAGMA synchronous = FULL; PRAGMA cache_size = -1024;"
+                     " PRAGMA secure_delete = ON",
+                     NULL, NULL, NULL) != SQLITE_OK) {
         snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
 
+    /* Migrations hash (migration 2 rehashes the event log). */
+    s->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+    s->md = EVP_MD_CTX_new();
+    if (s->sha256 == NULL || s->md == NULL) {
+        snprintf(err, errlen, "%s: OpenSSL has no SHA-256", path);
+        goto fail;
+    }
     if (!migrate(s, path, err, errlen))
         goto fail;
 
@@ -538,17 +679,15 @@ struct store *store_open(const char *path, char *err, size_t errlen)
         }
     }
 
-    s->sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
-    s->md = EVP_MD_CTX_new();
-    if (s->sha256 == NULL || s->md == NULL) {
-        snprintf(err, errlen, "%s: OpenSSL has no SHA-256", path);
-        goto fail;
-    }
     if (!load_chain_head(s)) {
         snprintf(err, errlen, "%s: reading the event log: %s", path, sqlite3_errmsg(s->db));
         goto fail;
     }
     read_boot_id(s);
+    if (!record_rechain(s)) {
+        snprintf(err, errlen, "%s: recording log.rechained: %s", path, sqlite3_errmsg(s->db));
+        goto fail;
+    }
     free(mode);
     return s;
 
@@ -1111,49 +1250,80 @@ int store_comp_save(struct store *s, const struct comp_row *r)
 
 /* ---- events ---- */
 
-/* One hashed column: p == NULL is SQL NULL. */
+/* One hashed field: p == NULL is SQL NULL. */
 struct field {
     const char *p;
     size_t n;
 };
 
+/* Feeds enc(field) into the digest: 0x00 for NULL; else 0x01, the length as 4 bytes
+ * big-endian, then the bytes. */
+static bool digest_field(struct store *s, const struct field *f)
+{
+    uint8_t head[5] = {0};
+    size_t headlen = 1;
+    if (f->p != NULL) {
+        uint32_t n = (uint32_t)f->n;
+        head[0] = 1;
+        head[1] = (uint8_t)(n >> 24);
+        head[2] = (uint8_t)(n >> 16);
+        head[3] = (uint8_t)(n >> 8);
+        head[4] = (uint8_t)n;
+        headlen = 5;
+    }
+    return EVP_DigestUpdate(s->md, head, headlen) == 1 &&
+           (f->p == NULL || EVP_DigestUpdate(s->md, f->p, f->n) == 1);
+}
+
 /*
  * The chain hash of an event row:
  *
- *   hash = SHA-256(prev_hash || enc(seq) || enc(event_id) || ... || enc(detail))
+ *   hash = SHA-256(prev_hash || enc(f[0]) || ... || enc(f[n-1]))
  *
- * over the EVENT_NCOLS columns of EVENT_COLS in that order. enc(NULL) is the single
- * byte 0x00; enc(value) is the byte 0x01, the length of the value's text as 4 bytes
- * big-endian, then the text. Integers are taken as SQLite prints them (decimal ASCII,
- * leading '-' for negatives, no padding), detail is the stored compact JSON text
- * byte for byte. The fixed column count and the length prefixes make the encoding
- * unambiguous, and NULL differs from "". Anyone can recompute it from
- * `SELECT * FROM events` without lockerd.
+ * Schema version 2 (CHAIN_NFIELDS fields): seq, event_id, type, occurred_ms,
+ * mono_ms, clock_synced, boot_id, compartment, subject, club_id, booking_id,
+ * reason, operator, detail, where subject is the subject digest in lower-case hex
+ * (NULL when the event names neither a member nor a credential). Schema version 1
+ * hashed the 15 content columns with member_id and credential_id in subject's place;
+ * only the migration still computes that form.
+ *
+ * enc(NULL) is the single byte 0x00; enc(value) is the byte 0x01, the length of the
+ * value's text as 4 bytes big-endian, then the text. Integers are taken as SQLite
+ * prints them (decimal ASCII, leading '-' for negatives, no padding), detail is the
+ * stored compact JSON text byte for byte. The fixed field count and the length
+ * prefixes make the encoding unambiguous, and NULL differs from "". Anyone can
+ * recompute it from `SELECT * FROM events` without lockerd.
  */
-static bool chain_hash(struct store *s, const uint8_t prev[STORE_HASH_LEN],
-                       const struct field f[EVENT_NCOLS], uint8_t out[STORE_HASH_LEN])
+static bool chain_hash(struct store *s, const uint8_t prev[STORE_HASH_LEN], const struct field *f,
+                       int n, uint8_t out[STORE_HASH_LEN])
 {
     if (EVP_DigestInit_ex(s->md, s->sha256, NULL) != 1 ||
         EVP_DigestUpdate(s->md, prev, STORE_HASH_LEN) != 1)
         return false;
-    for (int i = 0; i < EVENT_NCOLS; i++) {
-        uint8_t head[5] = {0};
-        size_t headlen = 1;
-        if (f[i].p != NULL) {
-            uint32_t n = (uint32_t)f[i].n;
-            head[0] = 1;
-            head[1] = (uint8_t)(n >> 24);
-            head[2] = (uint8_t)(n >> 16);
-            head[3] = (uint8_t)(n >> 8);
-            head[4] = (uint8_t)n;
-            headlen = 5;
-        }
-        if (EVP_DigestUpdate(s->md, head, headlen) != 1 ||
-            (f[i].p != NULL && EVP_DigestUpdate(s->md, f[i].p, f[i].n) != 1))
+    for (int i = 0; i < n; i++) {
+        if (!digest_field(s, &f[i]))
             return false;
     }
     unsigned int len = 0;
     return EVP_DigestFinal_ex(s->md, out, &len) == 1 && len == STORE_HASH_LEN;
+}
+
+/*
+ * The subject digest: SHA-256(salt || enc(member_id) || enc(credential_id)), with a
+ * random 16-byte salt per row. Member and credential ids are short random strings
+ * (32 bits of randomness): without the salt, anyone could find the ids behind a
+ * digest by trying them all. Erasure deletes the salt, which makes the digest
+ * unlinkable to any id while it keeps the chain verifiable.
+ */
+static bool subject_digest(struct store *s, const uint8_t salt[SALT_LEN],
+                           const struct field *member, const struct field *credential,
+                           uint8_t out[STORE_HASH_LEN])
+{
+    unsigned int len = 0;
+    return EVP_DigestInit_ex(s->md, s->sha256, NULL) == 1 &&
+           EVP_DigestUpdate(s->md, salt, SALT_LEN) == 1 && digest_field(s, member) &&
+           digest_field(s, credential) && EVP_DigestFinal_ex(s->md, out, &len) == 1 &&
+           len == STORE_HASH_LEN;
 }
 
 /* UUIDv7 (RFC 9562): 48-bit Unix ms, version 7, variant 10, 74 random bits. */
@@ -1189,6 +1359,19 @@ static struct field int_field(int64_t v, char *buf, size_t len)
     int n = snprintf(buf, len, "%" PRId64, v);
     struct field f = {buf, (size_t)n};
     return f;
+}
+
+/* The chain fields of an event from its content fields and subject (hex or NULL). */
+static void chain_fields(const struct field content[EVENT_NCOLS], const char *subject_hex,
+                         struct field out[CHAIN_NFIELDS])
+{
+    int j = 0;
+    for (int i = 0; i < EVENT_NCOLS; i++) {
+        if (i == EC_MEMBER)
+            out[j++] = text_field(subject_hex);
+        else if (i != EC_CREDENTIAL)
+            out[j++] = content[i];
+    }
 }
 
 int64_t store_event_add(struct store *s, const struct event *ev)
@@ -1244,8 +1427,21 @@ int64_t store_event_add(struct store *s, const struct event *ev)
         text_field(opt(ev->operator_name)),
         text_field(detail),
     };
+    bool has_subject = f[EC_MEMBER].p != NULL || f[EC_CREDENTIAL].p != NULL;
+    uint8_t salt[SALT_LEN], digest[STORE_HASH_LEN];
+    char subject[2 * STORE_HASH_LEN + 1];
+    if (has_subject) {
+        if (RAND_bytes(salt, SALT_LEN) != 1 ||
+            !subject_digest(s, salt, &f[EC_MEMBER], &f[EC_CREDENTIAL], digest)) {
+            log_warnx("store: event add %s: subject digest failed", ev->type);
+            goto fail;
+        }
+        hex(digest, STORE_HASH_LEN, subject);
+    }
+    struct field cf[CHAIN_NFIELDS];
+    chain_fields(f, has_subject ? subject : NULL, cf);
     uint8_t hash[STORE_HASH_LEN];
-    if (!chain_hash(s, s->last_hash, f, hash)) {
+    if (!chain_hash(s, s->last_hash, cf, CHAIN_NFIELDS, hash)) {
         log_warnx("store: event add %s: SHA-256 failed", ev->type);
         goto fail;
     }
@@ -1256,10 +1452,13 @@ int64_t store_event_add(struct store *s, const struct event *ev)
               bind_text(st, 7, s->boot_id) &&
               (ev->compartment != 0 ? bind_int(st, 8, ev->compartment)
                                     : sqlite3_bind_null(st, 8) == SQLITE_OK);
-    for (int i = 8; i < EVENT_NCOLS && ok; i++)
+    for (int i = EC_MEMBER; i < EVENT_NCOLS && ok; i++)
         ok = bind_text(st, i + 1, f[i].p);
-    ok = ok && bind_blob(st, 16, s->last_hash, STORE_HASH_LEN) &&
-         bind_blob(st, 17, hash, STORE_HASH_LEN);
+    if (has_subject)
+        ok = ok && bind_blob(st, EC_SALT + 1, salt, SALT_LEN) &&
+             bind_blob(st, EC_DIGEST + 1, digest, STORE_HASH_LEN);
+    ok = ok && bind_blob(st, EC_PREV_HASH + 1, s->last_hash, STORE_HASH_LEN) &&
+         bind_blob(st, EC_HASH + 1, hash, STORE_HASH_LEN);
     if (!ok || sqlite3_step(st) != SQLITE_DONE) {
         db_error(s, "event add");
         sqlite3_reset(st);
@@ -1288,7 +1487,7 @@ fail:
     return STORE_ERR;
 }
 
-/* Collects the hashed columns of a row selected with EVENT_COLS. */
+/* Collects the content columns of a row selected with EVENT_COLS first. */
 static void row_fields(sqlite3_stmt *st, struct field f[EVENT_NCOLS])
 {
     for (int i = 0; i < EVENT_NCOLS; i++) {
@@ -1304,10 +1503,82 @@ static void row_fields(sqlite3_stmt *st, struct field f[EVENT_NCOLS])
     }
 }
 
+static bool is_erased_id(const struct field *f)
+{
+    return f->p == NULL ||
+           (f->n == strlen(STORE_ERASED_ID) && memcmp(f->p, STORE_ERASED_ID, f->n) == 0);
+}
+
+/*
+ * Checks the subject of a row selected with EVENT_ALL_COLS against its digest and
+ * writes the subject field the chain covers into subject_hex ("" for none). Returns
+ * STORE_OK, STORE_CONFLICT (reason in why) or STORE_ERR. *erased is set for a row
+ * whose subject was erased.
+ */
+static int row_subject(struct store *s, sqlite3_stmt *st, const struct field f[EVENT_NCOLS],
+                       char subject_hex[2 * STORE_HASH_LEN + 1], bool *erased, char *why,
+                       size_t whylen)
+{
+    int64_t seq = sqlite3_column_int64(st, EC_SEQ);
+    const void *salt = sqlite3_column_blob(st, EC_SALT);
+    int saltn = sqlite3_column_bytes(st, EC_SALT);
+    const void *dig = sqlite3_column_blob(st, EC_DIGEST);
+    int dign = sqlite3_column_bytes(st, EC_DIGEST);
+
+    *erased = false;
+    subject_hex[0] = '\0';
+    if (dig == NULL) {
+        if (salt != NULL || f[EC_MEMBER].p != NULL || f[EC_CREDENTIAL].p != NULL) {
+            snprintf(why, whylen, "row %" PRId64 ": member or credential without a subject digest",
+                     seq);
+            return STORE_CONFLICT;
+        }
+        return STORE_OK;
+    }
+    if (dign != STORE_HASH_LEN || (salt != NULL && saltn != SALT_LEN)) {
+        snprintf(why, whylen, "row %" PRId64 ": malformed subject salt or digest", seq);
+        return STORE_CONFLICT;
+    }
+    if (salt != NULL) {
+        uint8_t want[STORE_HASH_LEN];
+        if (!subject_digest(s, salt, &f[EC_MEMBER], &f[EC_CREDENTIAL], want)) {
+            log_warnx("store: verify: SHA-256 failed");
+            return STORE_ERR;
+        }
+        if (memcmp(want, dig, STORE_HASH_LEN) != 0) {
+            snprintf(why, whylen,
+                     "row %" PRId64 ": member or credential does not match its subject digest",
+                     seq);
+            return STORE_CONFLICT;
+        }
+    } else if (!is_erased_id(&f[EC_MEMBER]) || !is_erased_id(&f[EC_CREDENTIAL])) {
+        /* Without the salt the ids cannot be checked: an erased row may only say so. */
+        snprintf(why, whylen,
+                 "row %" PRId64 ": member or credential set on a row whose subject was erased",
+                 seq);
+        return STORE_CONFLICT;
+    } else {
+        *erased = true;
+    }
+    hex(dig, STORE_HASH_LEN, subject_hex);
+    return STORE_OK;
+}
+
+static void json_hex(json_t *o, const char *key, sqlite3_stmt *st, int col, int maxlen)
+{
+    const uint8_t *h = sqlite3_column_blob(st, col);
+    int n = sqlite3_column_bytes(st, col);
+    char buf[2 * STORE_HASH_LEN + 1] = "";
+    if (h != NULL && n > 0)
+        hex(h, (size_t)(n > maxlen ? maxlen : n), buf);
+    json_object_set_new(o, key, json_string(buf));
+}
+
+/* An event row selected with EVENT_ALL_COLS as JSON. */
 static json_t *event_json(sqlite3_stmt *st)
 {
     char when[40];
-    time_format_utc(sqlite3_column_int64(st, 3), when, sizeof when);
+    time_format_utc(sqlite3_column_int64(st, EC_OCCURRED), when, sizeof when);
     json_t *o = json_object();
     json_t *clock = json_object();
     if (o == NULL || clock == NULL) {
@@ -1315,39 +1586,65 @@ static json_t *event_json(sqlite3_stmt *st)
         json_decref(clock);
         return NULL;
     }
-    json_object_set_new(o, "seq", json_integer(sqlite3_column_int64(st, 0)));
-    json_object_set_new(o, "eventId", json_string((const char *)sqlite3_column_text(st, 1)));
-    json_object_set_new(o, "type", json_string((const char *)sqlite3_column_text(st, 2)));
+    json_object_set_new(o, "seq", json_integer(sqlite3_column_int64(st, EC_SEQ)));
+    json_object_set_new(o, "eventId",
+                        json_string((const char *)sqlite3_column_text(st, EC_EVENT_ID)));
+    json_object_set_new(o, "type", json_string((const char *)sqlite3_column_text(st, EC_TYPE)));
     json_object_set_new(o, "occurredAt", json_string(when));
-    json_object_set_new(clock, "synced", json_boolean(sqlite3_column_int(st, 5) != 0));
+    json_object_set_new(clock, "synced", json_boolean(sqlite3_column_int(st, EC_SYNCED) != 0));
     json_object_set_new(o, "clock", clock);
-    json_object_set_new(o, "bootId", json_string((const char *)sqlite3_column_text(st, 6)));
-    json_object_set_new(o, "monoMs", json_integer(sqlite3_column_int64(st, 4)));
-    if (sqlite3_column_type(st, 7) != SQLITE_NULL)
-        json_object_set_new(o, "compartment", json_integer(sqlite3_column_int64(st, 7)));
+    json_object_set_new(o, "bootId", json_string((const char *)sqlite3_column_text(st, EC_BOOT)));
+    json_object_set_new(o, "monoMs", json_integer(sqlite3_column_int64(st, EC_MONO)));
+    if (sqlite3_column_type(st, EC_COMPARTMENT) != SQLITE_NULL)
+        json_object_set_new(o, "compartment",
+                            json_integer(sqlite3_column_int64(st, EC_COMPARTMENT)));
     static const char *const keys[] = {"member",  "credential", "club",
                                        "booking", "reason",     "operator"};
     for (int i = 0; i < 6; i++) {
-        const unsigned char *v = sqlite3_column_text(st, 8 + i);
+        const unsigned char *v = sqlite3_column_text(st, EC_MEMBER + i);
         if (v != NULL)
             json_object_set_new(o, keys[i], json_string((const char *)v));
     }
-    const unsigned char *detail = sqlite3_column_text(st, 14);
+    const unsigned char *detail = sqlite3_column_text(st, EC_DETAIL);
     if (detail != NULL) {
         json_t *d = json_loads((const char *)detail, 0, NULL);
         /* A row edited by hand still shows what it holds; verify flags it. */
         json_object_set_new(o, "detail", d != NULL ? d : json_string((const char *)detail));
     }
-    static const char *const hkeys[] = {"prevHash", "hash"};
-    for (int i = 0; i < 2; i++) {
-        const uint8_t *h = sqlite3_column_blob(st, 15 + i);
-        int n = sqlite3_column_bytes(st, 15 + i);
-        char buf[2 * STORE_HASH_LEN + 1] = "";
-        if (h != NULL && n > 0)
-            hex(h, (size_t)(n > STORE_HASH_LEN ? STORE_HASH_LEN : n), buf);
-        json_object_set_new(o, hkeys[i], json_string(buf));
-    }
+    /* With these two anyone can check the ids against the chain; an erased row has
+     * the digest only. */
+    if (sqlite3_column_type(st, EC_SALT) != SQLITE_NULL)
+        json_hex(o, "subjectSalt", st, EC_SALT, SALT_LEN);
+    if (sqlite3_column_type(st, EC_DIGEST) != SQLITE_NULL)
+        json_hex(o, "subjectDigest", st, EC_DIGEST, STORE_HASH_LEN);
+    json_hex(o, "prevHash", st, EC_PREV_HASH, STORE_HASH_LEN);
+    json_hex(o, "hash", st, EC_HASH, STORE_HASH_LEN);
     return o;
+}
+
+/* Runs a bound statement selecting EVENT_ALL_COLS into a JSON array; resets it. */
+static json_t *events_array(struct store *s, sqlite3_stmt *st, const char *what)
+{
+    json_t *arr = json_array();
+    int rc = SQLITE_DONE;
+    while (arr != NULL && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = event_json(st);
+        if (o == NULL) {
+            log_warnx("store: %s: cannot encode event %" PRId64, what,
+                      (int64_t)sqlite3_column_int64(st, EC_SEQ));
+            json_decref(arr);
+            arr = NULL;
+            break;
+        }
+        json_array_append_new(arr, o);
+    }
+    if (arr != NULL && rc != SQLITE_DONE) {
+        db_error(s, what);
+        json_decref(arr);
+        arr = NULL;
+    }
+    sqlite3_reset(st);
+    return arr;
 }
 
 json_t *store_events_json(struct store *s, int64_t since_seq, int limit)
@@ -1357,26 +1654,7 @@ json_t *store_events_json(struct store *s, int64_t since_seq, int limit)
         db_error(s, "events list");
         return NULL;
     }
-    json_t *arr = json_array();
-    int rc = SQLITE_DONE;
-    while (arr != NULL && (rc = sqlite3_step(st)) == SQLITE_ROW) {
-        json_t *o = event_json(st);
-        if (o == NULL) {
-            log_warnx("store: events list: cannot encode event %" PRId64,
-                      (int64_t)sqlite3_column_int64(st, 0));
-            json_decref(arr);
-            arr = NULL;
-            break;
-        }
-        json_array_append_new(arr, o);
-    }
-    if (arr != NULL && rc != SQLITE_DONE) {
-        db_error(s, "events list");
-        json_decref(arr);
-        arr = NULL;
-    }
-    sqlite3_reset(st);
-    return arr;
+    return events_array(s, st, "events list");
 }
 
 int64_t store_last_seq(struct store *s)
@@ -1390,6 +1668,11 @@ int64_t store_event_count(struct store *s, const char *type)
     if (!bind_text(st, 1, type))
         return db_error(s, "event count");
     return query_int(s, st, "event count");
+}
+
+int64_t store_event_erased_count(struct store *s)
+{
+    return query_int(s, stmt(s, Q_ERASED_COUNT), "erased count");
 }
 
 int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t whylen)
@@ -1427,11 +1710,11 @@ int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t why
         return db_error(s, "verify");
     int ret = STORE_OK;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t seq = sqlite3_column_int64(st, 0);
-        const void *ph = sqlite3_column_blob(st, EVENT_NCOLS);
-        int phn = sqlite3_column_bytes(st, EVENT_NCOLS);
-        const void *h = sqlite3_column_blob(st, EVENT_NCOLS + 1);
-        int hn = sqlite3_column_bytes(st, EVENT_NCOLS + 1);
+        int64_t seq = sqlite3_column_int64(st, EC_SEQ);
+        const void *ph = sqlite3_column_blob(st, EC_PREV_HASH);
+        int phn = sqlite3_column_bytes(st, EC_PREV_HASH);
+        const void *h = sqlite3_column_blob(st, EC_HASH);
+        int hn = sqlite3_column_bytes(st, EC_HASH);
 
         if (ph == NULL || phn != STORE_HASH_LEN || memcmp(ph, prev, STORE_HASH_LEN) != 0) {
             if (prev_seq > 0 && !from_checkpoint)
@@ -1449,9 +1732,16 @@ int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t why
             break;
         }
         struct field f[EVENT_NCOLS];
+        struct field cf[CHAIN_NFIELDS];
+        char subject[2 * STORE_HASH_LEN + 1];
+        bool erased;
         uint8_t want[STORE_HASH_LEN];
         row_fields(st, f);
-        if (!chain_hash(s, prev, f, want)) {
+        ret = row_subject(s, st, f, subject, &erased, why, whylen);
+        if (ret != STORE_OK)
+            break;
+        chain_fields(f, subject[0] != '\0' ? subject : NULL, cf);
+        if (!chain_hash(s, prev, cf, CHAIN_NFIELDS, want)) {
             log_warnx("store: verify: SHA-256 failed");
             ret = STORE_ERR;
             break;
@@ -1474,11 +1764,193 @@ int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t why
         from_checkpoint = false;
     }
     if (ret == STORE_CONFLICT)
-        *bad_seq = sqlite3_column_int64(st, 0);
+        *bad_seq = sqlite3_column_int64(st, EC_SEQ);
     else if (ret == STORE_OK && rc != SQLITE_DONE)
         ret = db_error(s, "verify");
     sqlite3_reset(st);
     return ret;
+}
+
+/* The meta key under which rechain_v2() leaves its findings for the log.rechained
+ * event, which can only be written once the store is open. */
+#define META_RECHAINED "rechain-report"
+
+/*
+ * Migration 2: gives every existing event a salt and subject digest and recomputes
+ * the chain in the new encoding, starting from the same place (the zero hash or the
+ * pruning checkpoint). The old chain is verified on the way; whether it was intact
+ * (and if not, where it broke) and its last hash go into a log.rechained event, so
+ * that rehashing cannot hide an earlier break and a hash someone kept from before
+ * can be matched to the migration. Runs inside the migration's transaction, before
+ * the statements in s->q[] are prepared.
+ */
+static bool rechain_v2(struct store *s, char *err, size_t errlen)
+{
+    enum { SEL_PREV = EVENT_NCOLS, SEL_HASH };
+    sqlite3_stmt *cp = NULL, *sel = NULL, *upd = NULL, *meta = NULL;
+    uint8_t v1prev[STORE_HASH_LEN] = {0};
+    uint8_t v2prev[STORE_HASH_LEN] = {0};
+    int64_t prev_seq = 0, rows = 0, first_seq = 0, bad_seq = 0;
+    char bad_why[96] = "";
+    bool ok = false;
+    json_t *detail = NULL;
+    char *text = NULL;
+
+    if (sqlite3_prepare_v2(s->db, "SELECT seq, hash FROM chain_checkpoint WHERE id = 1", -1, &cp,
+                           NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db, "SELECT " EVENT_COLS ", prev_hash, hash FROM events ORDER BY seq",
+                           -1, &sel, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(s->db,
+                           "UPDATE events SET subject_salt = ?2, subject_digest = ?3,"
+                           " prev_hash = ?4, hash = ?5 WHERE seq = ?1",
+                           -1, &upd, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(s->db));
+        goto out;
+    }
+    int rc = sqlite3_step(cp);
+    if (rc == SQLITE_ROW) {
+        prev_seq = sqlite3_column_int64(cp, 0);
+        const void *h = sqlite3_column_blob(cp, 1);
+        if (h != NULL && sqlite3_column_bytes(cp, 1) == STORE_HASH_LEN) {
+            memcpy(v1prev, h, STORE_HASH_LEN);
+            memcpy(v2prev, h, STORE_HASH_LEN);
+        } else {
+            bad_seq = prev_seq + 1;
+            snprintf(bad_why, sizeof bad_why, "malformed chain checkpoint");
+        }
+    } else if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(s->db));
+        goto out;
+    }
+
+    /* Updating the row the SELECT stands on is safe in SQLite (the cursor is saved
+     * and restored by rowid); its column values are not used after the update. */
+    while ((rc = sqlite3_step(sel)) == SQLITE_ROW) {
+        int64_t seq = sqlite3_column_int64(sel, EC_SEQ);
+        struct field f[EVENT_NCOLS];
+        uint8_t hash[STORE_HASH_LEN];
+        row_fields(sel, f);
+        const void *ph = sqlite3_column_blob(sel, SEL_PREV);
+        int phn = sqlite3_column_bytes(sel, SEL_PREV);
+        const void *h = sqlite3_column_blob(sel, SEL_HASH);
+        int hn = sqlite3_column_bytes(sel, SEL_HASH);
+        if (bad_seq == 0) {
+            if (ph == NULL || phn != STORE_HASH_LEN || memcmp(ph, v1prev, STORE_HASH_LEN) != 0) {
+                snprintf(bad_why, sizeof bad_why, "prev_hash does not match");
+            } else if (!chain_hash(s, v1prev, f, EVENT_NCOLS, hash)) {
+                snprintf(err, errlen, "SHA-256 failed");
+                goto out;
+            } else if (h == NULL || hn != STORE_HASH_LEN || memcmp(h, hash, STORE_HASH_LEN) != 0) {
+                snprintf(bad_why, sizeof bad_why, "content does not match its hash");
+            } else if (seq != prev_seq + 1) {
+                snprintf(bad_why, sizeof bad_why, "rows missing before it");
+            }
+            if (bad_why[0] != '\0')
+                bad_seq = seq;
+        }
+        memset(v1prev, 0, sizeof v1prev);
+        if (h != NULL && hn == STORE_HASH_LEN)
+            memcpy(v1prev, h, STORE_HASH_LEN);
+        prev_seq = seq;
+
+        bool has_subject = f[EC_MEMBER].p != NULL || f[EC_CREDENTIAL].p != NULL;
+        uint8_t salt[SALT_LEN], digest[STORE_HASH_LEN];
+        char subject[2 * STORE_HASH_LEN + 1];
+        if (has_subject) {
+            if (RAND_bytes(salt, SALT_LEN) != 1 ||
+                !subject_digest(s, salt, &f[EC_MEMBER], &f[EC_CREDENTIAL], digest)) {
+                snprintf(err, errlen, "subject digest failed");
+                goto out;
+            }
+            hex(digest, STORE_HASH_LEN, subject);
+        }
+        struct field cf[CHAIN_NFIELDS];
+        chain_fields(f, has_subject ? subject : NULL, cf);
+        if (!chain_hash(s, v2prev, cf, CHAIN_NFIELDS, hash)) {
+            snprintf(err, errlen, "SHA-256 failed");
+            goto out;
+        }
+        sqlite3_reset(upd);
+        sqlite3_clear_bindings(upd);
+        if (!bind_int(upd, 1, seq) ||
+            (has_subject &&
+             (!bind_blob(upd, 2, salt, SALT_LEN) || !bind_blob(upd, 3, digest, STORE_HASH_LEN))) ||
+            !bind_blob(upd, 4, v2prev, STORE_HASH_LEN) ||
+            !bind_blob(upd, 5, hash, STORE_HASH_LEN) || sqlite3_step(upd) != SQLITE_DONE) {
+            snprintf(err, errlen, "rehashing event %" PRId64 ": %s", seq, sqlite3_errmsg(s->db));
+            goto out;
+        }
+        memcpy(v2prev, hash, STORE_HASH_LEN);
+        if (rows++ == 0)
+            first_seq = seq;
+    }
+    if (rc != SQLITE_DONE) {
+        snprintf(err, errlen, "%s", sqlite3_errmsg(s->db));
+        goto out;
+    }
+    if (rows == 0) {
+        ok = true;
+        goto out;
+    }
+
+    char oldhead[2 * STORE_HASH_LEN + 1];
+    hex(v1prev, STORE_HASH_LEN, oldhead);
+    detail = json_pack("{s:I, s:I, s:I, s:s, s:b}", "count", (json_int_t)rows, "fromSeq",
+                       (json_int_t)first_seq, "toSeq", (json_int_t)prev_seq, "oldHash", oldhead,
+                       "oldChainIntact", bad_seq == 0);
+    if (detail != NULL && bad_seq != 0) {
+        json_object_set_new(detail, "oldFirstBadSeq", json_integer(bad_seq));
+        json_object_set_new(detail, "oldReason", json_string(bad_why));
+    }
+    text = detail != NULL ? json_dumps(detail, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    if (text == NULL ||
+        sqlite3_prepare_v2(s->db, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)", -1,
+                           &meta, NULL) != SQLITE_OK ||
+        !bind_text(meta, 1, META_RECHAINED) || !bind_text(meta, 2, text) ||
+        sqlite3_step(meta) != SQLITE_DONE) {
+        snprintf(err, errlen, "recording the rehash: %s", sqlite3_errmsg(s->db));
+        goto out;
+    }
+    if (bad_seq != 0)
+        log_warnx("store: the event log was broken before the migration (row %" PRId64
+                  ": %s); recorded in log.rechained",
+                  bad_seq, bad_why);
+    log_info("store: rehashed %" PRId64 " events for the subject digests", rows);
+    ok = true;
+
+out:
+    free(text);
+    json_decref(detail);
+    sqlite3_finalize(cp);
+    sqlite3_finalize(sel);
+    sqlite3_finalize(upd);
+    sqlite3_finalize(meta);
+    return ok;
+}
+
+/* Writes the log.rechained event a migration left in the meta table. */
+static bool record_rechain(struct store *s)
+{
+    char text[1024];
+    int rc = store_meta_get(s, META_RECHAINED, text, sizeof text);
+    if (rc == STORE_NOTFOUND)
+        return true;
+    if (rc != STORE_OK)
+        return false;
+    json_t *detail = json_loads(text, 0, NULL);
+    struct event ev = {.type = "log.rechained", .detail = detail};
+    sqlite3_stmt *st = stmt(s, Q_META_DEL);
+    bool ok = detail != NULL && store_begin(s) == STORE_OK;
+    if (ok) {
+        ok = store_event_add(s, &ev) > 0 && bind_text(st, 1, META_RECHAINED) &&
+             step_write(s, st, "meta delete", false) == STORE_OK;
+        if (ok)
+            ok = store_commit(s) == STORE_OK;
+        else
+            store_rollback(s);
+    }
+    json_decref(detail);
+    return ok;
 }
 
 int64_t store_prune(struct store *s, int64_t before_ms)
@@ -1599,4 +2071,237 @@ int store_checkpoint(struct store *s)
     if (rc != SQLITE_OK && rc != SQLITE_BUSY)
         return db_error(s, "checkpoint");
     return STORE_OK;
+}
+
+/* ---- data-protection rights ---- */
+
+/* Appends a time (UTC ms) as "2026-11-28T17:00:00.000Z", unless it is 0 (none). */
+static void json_time(json_t *o, const char *key, int64_t ms)
+{
+    char buf[40];
+    if (ms == 0)
+        return;
+    time_format_utc(ms, buf, sizeof buf);
+    json_object_set_new(o, key, json_string(buf));
+}
+
+static json_t *export_clubs(struct store *s, const char *member_id)
+{
+    sqlite3_stmt *st = stmt(s, Q_MEMBER_CLUBS_NAMED);
+    if (!bind_text(st, 1, member_id)) {
+        db_error(s, "member export");
+        return NULL;
+    }
+    json_t *arr = json_array();
+    int rc = SQLITE_DONE;
+    while (arr != NULL && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = json_pack("{s:s?, s:s?}", "id", (const char *)sqlite3_column_text(st, 0),
+                              "name", (const char *)sqlite3_column_text(st, 1));
+        if (o == NULL || json_array_append_new(arr, o) != 0) {
+            json_decref(arr);
+            arr = NULL;
+        }
+    }
+    if (arr != NULL && rc != SQLITE_DONE) {
+        db_error(s, "member export");
+        json_decref(arr);
+        arr = NULL;
+    }
+    sqlite3_reset(st);
+    return arr;
+}
+
+static json_t *export_credentials(struct store *s, const char *member_id)
+{
+    sqlite3_stmt *st = stmt(s, Q_MEMBER_CREDS);
+    if (!bind_text(st, 1, member_id)) {
+        db_error(s, "member export");
+        return NULL;
+    }
+    json_t *arr = json_array();
+    int rc = SQLITE_DONE;
+    while (arr != NULL && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        /* The HMAC is data held about the member: it identifies their card here. */
+        json_t *o =
+            json_pack("{s:s?, s:s?, s:s?, s:s?}", "id", (const char *)sqlite3_column_text(st, 0),
+                      "type", (const char *)sqlite3_column_text(st, 3), "status",
+                      (const char *)sqlite3_column_text(st, 6), "source",
+                      (const char *)sqlite3_column_text(st, 7));
+        if (o == NULL) {
+            /* An export that leaves something out would be wrong: fail instead. */
+            json_decref(arr);
+            arr = NULL;
+            break;
+        }
+        json_time(o, "validFrom", sqlite3_column_int64(st, 4));
+        json_time(o, "validUntil", sqlite3_column_int64(st, 5));
+        json_time(o, "syncedAt", sqlite3_column_int64(st, 8));
+        json_hex(o, "uidHmac", st, 2, STORE_HMAC_LEN);
+        json_array_append_new(arr, o);
+    }
+    if (arr != NULL && rc != SQLITE_DONE) {
+        db_error(s, "member export");
+        json_decref(arr);
+        arr = NULL;
+    }
+    sqlite3_reset(st);
+    return arr;
+}
+
+static json_t *export_compartments(struct store *s, const char *member_id)
+{
+    sqlite3_stmt *st = stmt(s, Q_MEMBER_COMPS);
+    if (!bind_text(st, 1, member_id)) {
+        db_error(s, "member export");
+        return NULL;
+    }
+    json_t *arr = json_array();
+    int rc = SQLITE_DONE;
+    while (arr != NULL && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        json_array_append_new(arr, json_pack("{s:i, s:b, s:b}", "number", sqlite3_column_int(st, 0),
+                                             "holdsKey", sqlite3_column_int(st, 1), "unlocking",
+                                             sqlite3_column_int(st, 2)));
+    if (arr != NULL && rc != SQLITE_DONE) {
+        db_error(s, "member export");
+        json_decref(arr);
+        arr = NULL;
+    }
+    sqlite3_reset(st);
+    return arr;
+}
+
+json_t *store_member_export(struct store *s, const char *member_id, int *rc)
+{
+    struct member m;
+    *rc = store_member_get(s, member_id, &m);
+    if (*rc != STORE_OK)
+        return NULL;
+    *rc = STORE_ERR;
+    json_t *clubs = export_clubs(s, member_id);
+    json_t *creds = export_credentials(s, member_id);
+    json_t *comps = export_compartments(s, member_id);
+    json_t *events = NULL;
+    sqlite3_stmt *st = stmt(s, Q_MEMBER_EVENTS);
+    if (bind_text(st, 1, member_id))
+        events = events_array(s, st, "member export");
+    else
+        db_error(s, "member export");
+    if (clubs == NULL || creds == NULL || comps == NULL || events == NULL) {
+        json_decref(clubs);
+        json_decref(creds);
+        json_decref(comps);
+        json_decref(events);
+        return NULL;
+    }
+    json_t *out = json_pack("{s:{s:s, s:s, s:s}, s:o, s:o, s:o, s:o}", "member", "id", m.id, "name",
+                            m.name, "role", role_name(m.role), "clubs", clubs, "credentials", creds,
+                            "compartments", comps, "events", events);
+    if (out != NULL)
+        *rc = STORE_OK;
+    return out;
+}
+
+/* Runs one bound write statement inside the caller's transaction; its change count
+ * or STORE_ERR. */
+static int64_t erase_step(struct store *s, enum query q, const char *member_id)
+{
+    sqlite3_stmt *st = stmt(s, q);
+    if (!bind_text(st, 1, member_id) || sqlite3_step(st) != SQLITE_DONE) {
+        db_error(s, "member erase");
+        sqlite3_reset(st);
+        return STORE_ERR;
+    }
+    int64_t n = sqlite3_changes(s->db);
+    sqlite3_reset(st);
+    return n;
+}
+
+int store_member_erase(struct store *s, const char *member_id, struct erase_result *out)
+{
+    memset(out, 0, sizeof *out);
+    if (store_begin(s) != STORE_OK)
+        return STORE_ERR;
+    struct member m;
+    int rc = store_member_get(s, member_id, &m);
+    if (rc != STORE_OK) {
+        if (rc == STORE_ERR) {
+            store_rollback(s);
+            return STORE_ERR;
+        }
+        return store_commit(s) == STORE_OK ? rc : STORE_ERR;
+    }
+
+    sqlite3_stmt *st = stmt(s, Q_MEMBER_COMPS);
+    if (!bind_text(st, 1, member_id))
+        goto err;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        out->compartment = sqlite3_column_int(st, 0);
+    sqlite3_reset(st);
+    if (rc == SQLITE_ROW)
+        return store_commit(s) == STORE_OK ? STORE_CONFLICT : STORE_ERR;
+    if (rc != SQLITE_DONE)
+        goto err;
+
+    /* The events first: they find the credentials through the credentials table. */
+    int64_t events = erase_step(s, Q_ERASE_EVENTS, member_id);
+    int64_t creds = events >= 0 ? erase_step(s, Q_ERASE_CREDS, member_id) : STORE_ERR;
+    int64_t clubs = creds >= 0 ? erase_step(s, Q_ERASE_CLUBS, member_id) : STORE_ERR;
+    int64_t members = clubs >= 0 ? erase_step(s, Q_ERASE_MEMBER, member_id) : STORE_ERR;
+    if (members != 1) {
+        store_rollback(s);
+        return STORE_ERR;
+    }
+    if (store_commit(s) != STORE_OK)
+        return STORE_ERR;
+    out->events = events;
+    out->credentials = (int)creds;
+    out->clubs = (int)clubs;
+    return STORE_OK;
+
+err:
+    db_error(s, "member erase");
+    store_rollback(s);
+    return STORE_ERR;
+}
+
+/* ---- reports ---- */
+
+int store_report_scan(struct store *s, int64_t from_ms, int64_t to_ms,
+                      bool (*fn)(const struct report_row *row, void *arg), void *arg)
+{
+    sqlite3_stmt *st = stmt(s, Q_REPORT);
+    if (!bind_int(st, 1, from_ms) || !bind_int(st, 2, to_ms))
+        return db_error(s, "report");
+    int rc;
+    int ret = STORE_OK;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        struct report_row r;
+        memset(&r, 0, sizeof r);
+        r.booking_id = (const char *)sqlite3_column_text(st, 0);
+        r.club_id = (const char *)sqlite3_column_text(st, 1);
+        r.compartment = sqlite3_column_int(st, 2);
+        r.start_ms = sqlite3_column_int64(st, 3);
+        r.end_ms = sqlite3_column_int64(st, 4);
+        const char *status = (const char *)sqlite3_column_text(st, 5);
+        r.status =
+            status != NULL && strcmp(status, "active") == 0 ? BOOKING_ACTIVE : BOOKING_CANCELLED;
+        r.has_checkout = sqlite3_column_type(st, 6) != SQLITE_NULL;
+        r.checkout_ms = sqlite3_column_int64(st, 6);
+        r.has_return = sqlite3_column_type(st, 7) != SQLITE_NULL;
+        r.return_ms = sqlite3_column_int64(st, 7);
+        r.overdue = sqlite3_column_int64(st, 8);
+        if (r.booking_id == NULL || r.club_id == NULL) {
+            ret = db_error(s, "report");
+            break;
+        }
+        if (!fn(&r, arg)) {
+            ret = STORE_ERR;
+            break;
+        }
+    }
+    if (ret == STORE_OK && rc != SQLITE_DONE)
+        ret = db_error(s, "report");
+    sqlite3_reset(st);
+    return ret;
 }

@@ -12,6 +12,12 @@
  * rows were pruned. Every event is also queued in the outbox for the city API in the
  * same transaction.
  *
+ * The chain does not cover an event's member and credential ids directly but their
+ * "subject digest", SHA-256 over a random per-row salt and the two ids (see
+ * store.c). Erasing a member (store_member_erase) replaces the ids by "erased" and
+ * deletes the salt: the digest, and with it the chain, stays verifiable, and nobody
+ * can tell from the digest whose it was.
+ *
  * Error convention: int functions return STORE_OK (0) or a positive STORE_* code for
  * an expected outcome (not found, conflict) and STORE_ERR (-1) for a database error,
  * which is logged here with the SQLite message. Strings in the structs below are
@@ -105,6 +111,35 @@ int store_credential_by_hmac(struct store *s, const uint8_t hmac[STORE_HMAC_LEN]
                              struct credential *out);
 int store_credential_revoke(struct store *s, const char *id); /* OK/NOTFOUND/ERR */
 
+/* What the station holds about a member, as a JSON object: {member: {id, name,
+ * role}, clubs: [{id, name}], credentials: [{id, type, status, validFrom?,
+ * validUntil?, source, syncedAt?, uidHmac (hex)}], compartments: [{number, holds,
+ * pending}] (a key held or an unlock in progress), events: [as store_events_json]}.
+ * Events are those naming the member or one of their credentials. NULL with *rc
+ * STORE_NOTFOUND for an unknown member, STORE_ERR on a database error. */
+json_t *store_member_export(struct store *s, const char *member_id, int *rc);
+
+/* The id that replaces an erased member's or credential's id in events. */
+#define STORE_ERASED_ID "erased"
+
+struct erase_result {
+    int64_t events;  /* events whose member or credential id was replaced */
+    int credentials; /* deleted */
+    int clubs;       /* memberships deleted */
+    int compartment; /* with STORE_CONFLICT: the compartment the member holds or opens */
+};
+
+/* Right to erasure: deletes the member, their memberships and credentials, and in
+ * their events replaces the member and credential ids by STORE_ERASED_ID and
+ * deletes the subject salt, so that the chain still verifies. STORE_CONFLICT (and
+ * out->compartment set) while the member holds a key or a compartment is being
+ * opened for them: the station still needs the id for the return. NOTFOUND for an
+ * unknown member. Runs in the caller's transaction if there is one, so that the
+ * caller can record member.erased with it. Deleted content is overwritten
+ * (secure_delete); call store_checkpoint() afterwards so that the WAL holds no old
+ * copy either. */
+int store_member_erase(struct store *s, const char *member_id, struct erase_result *out);
+
 /* ---- bookings ---- */
 enum booking_status { BOOKING_ACTIVE, BOOKING_CANCELLED };
 
@@ -191,6 +226,10 @@ int64_t store_last_seq(struct store *s);
 /* Counts events of a type (NULL = all). */
 int64_t store_event_count(struct store *s, const char *type);
 
+/* Events whose subject was erased (their member/credential ids are STORE_ERASED_ID
+ * and they have no salt), or STORE_ERR. */
+int64_t store_event_erased_count(struct store *s);
+
 /* Recomputes the hash chain. STORE_OK if intact; STORE_CONFLICT if broken, with the
  * first bad seq in *bad_seq and a reason in why. */
 int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t whylen);
@@ -200,6 +239,31 @@ int store_events_verify(struct store *s, int64_t *bad_seq, char *why, size_t why
  * of them were still waiting in the outbox (retention wins over delivery). Returns
  * the number of deleted events or STORE_ERR. */
 int64_t store_prune(struct store *s, int64_t before_ms);
+
+/* ---- reports ---- */
+
+/* One booking of a report, with one of the keys taken for it. A booking whose key
+ * was taken n times comes as n consecutive rows with the same booking id; one that
+ * was never taken as one row with has_checkout false. Pointers are valid only
+ * during the callback. */
+struct report_row {
+    const char *booking_id;
+    const char *club_id;
+    int compartment;
+    int64_t start_ms, end_ms;
+    enum booking_status status;
+    bool has_checkout;
+    int64_t checkout_ms; /* key.checkedOut with this booking */
+    bool has_return;
+    int64_t return_ms; /* the next key.returned of the compartment after that */
+    int64_t overdue;   /* key.overdue events with this booking */
+};
+
+/* Calls fn for every booking (active or cancelled) starting in [from_ms, to_ms),
+ * ordered by start, id and pickup. fn returns false to stop (then STORE_ERR is
+ * returned). STORE_OK or STORE_ERR. */
+int store_report_scan(struct store *s, int64_t from_ms, int64_t to_ms,
+                      bool (*fn)(const struct report_row *row, void *arg), void *arg);
 
 /* Copies the WAL into the database file and truncates the WAL. lockerd calls it
  * when the station is idle, so that the occasional checkpoint never lands on a

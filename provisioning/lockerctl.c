@@ -207,8 +207,11 @@ static int positionals(int argc, char **argv, const char *const *valued, const c
             bool ok = false;
             for (int j = 0; valued && valued[j]; j++) {
                 if (strcmp(argv[i], valued[j]) == 0) {
+                    /* Skip the value; stop comparing, argv[i] is no option now (and
+                     * past the end for a trailing option without its value). */
                     ok = true;
                     i++;
+                    break;
                 }
             }
             for (int j = 0; flags && flags[j]; j++)
@@ -351,6 +354,11 @@ static int events_verify(struct ctl *ctl)
     bool intact = json_is_true(json_object_get(r, "intact"));
     if (ctl->json)
         print_json(r);
+    else if (intact && json_integer_value(json_object_get(r, "erased")) > 0)
+        printf("event log intact: %lld events, last seq %lld; %lld with erased member ids\n",
+               (long long)json_integer_value(json_object_get(r, "events")),
+               (long long)json_integer_value(json_object_get(r, "lastSeq")),
+               (long long)json_integer_value(json_object_get(r, "erased")));
     else if (intact)
         printf("event log intact: %lld events, last seq %lld\n",
                (long long)json_integer_value(json_object_get(r, "events")),
@@ -562,6 +570,39 @@ static int cmd_member_join(struct ctl *ctl, int argc, char **argv)
                   print_id);
 }
 
+static int cmd_member_export(struct ctl *ctl, int argc, char **argv)
+{
+    char *pos[1] = {NULL};
+    int rc = expect(argc, argv, NULL, NULL, pos, 1);
+    /* The export is JSON for people too: it is meant to be handed over as it is. */
+    return rc ? rc : simple(ctl, "member.export", json_pack("{s:s}", "member", pos[0]), NULL);
+}
+
+static void print_erased(json_t *r)
+{
+    printf("member %s erased: %lld cards and %lld club memberships deleted, member and card "
+           "ids replaced in %lld events\n",
+           json_string_value(json_object_get(r, "id")),
+           (long long)json_integer_value(json_object_get(r, "cards")),
+           (long long)json_integer_value(json_object_get(r, "clubs")),
+           (long long)json_integer_value(json_object_get(r, "events")));
+}
+
+static int cmd_member_erase(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--reason", NULL};
+    char *pos[1] = {NULL};
+    int rc = expect(argc, argv, valued, NULL, pos, 1);
+    if (rc)
+        return rc;
+    bool bad = false;
+    const char *reason = opt_value(argc, argv, "--reason", &bad);
+    if (!reason)
+        return usage_error("%s", "member erase needs --reason TEXT (it is logged)");
+    return simple(ctl, "member.erase", json_pack("{s:s,s:s}", "member", pos[0], "reason", reason),
+                  print_erased);
+}
+
 static void print_card(json_t *r)
 {
     printf("%s\n", json_string_value(json_object_get(r, "id")));
@@ -686,6 +727,362 @@ static int cmd_prune(struct ctl *ctl, int argc, char **argv)
 {
     int rc = expect(argc, argv, NULL, NULL, NULL, 0);
     return rc ? rc : simple(ctl, "prune", NULL, print_pruned);
+}
+
+/* ------------------------------------------------------------ report */
+
+static long long jint(json_t *o, const char *key)
+{
+    return (long long)json_integer_value(json_object_get(o, key));
+}
+
+/* A delay for people: "-" (no pickups), "40s", "12m", "1h05m". */
+static void fmt_delay(json_t *v, char *buf, size_t len)
+{
+    if (!json_is_integer(v)) {
+        snprintf(buf, len, "-");
+        return;
+    }
+    long long s = (long long)(json_integer_value(v) + 500) / 1000;
+    long long min = (s + 30) / 60; /* rounded to the minute */
+    if (s < 60)
+        snprintf(buf, len, "%llds", s);
+    else if (min < 60)
+        snprintf(buf, len, "%lldm", min);
+    else
+        snprintf(buf, len, "%lldh%02lldm", min / 60, min % 60);
+}
+
+static void print_metrics(json_t *m)
+{
+    char med[48], worst[48];
+    fmt_delay(json_object_get(m, "medianDelayMs"), med, sizeof(med));
+    fmt_delay(json_object_get(m, "worstDelayMs"), worst, sizeof(worst));
+    printf(" %6lld %5lld %7lld %4lld %4lld %7s %7s %5lld %7lld %9.1f %9.1f\n", jint(m, "booked"),
+           jint(m, "collected"), jint(m, "noShows"), jint(m, "pending"), jint(m, "cancelled"), med,
+           worst, jint(m, "lateReturns"), jint(m, "overdue"), jint(m, "bookedMs") / 3600000.0,
+           jint(m, "keyOutMs") / 3600000.0);
+}
+
+static const char *str_or(json_t *o, const char *key, const char *dflt)
+{
+    const char *v = json_string_value(json_object_get(o, key));
+    return v ? v : dflt;
+}
+
+static void print_report(json_t *r)
+{
+    static const char head[] = " booked  used no-show open  cxl  median   worst  late overdue  "
+                               "booked h key out h";
+    printf("Booked versus used: %s (%s), times in %s\n", str_or(r, "stationName", ""),
+           str_or(r, "station", ""), str_or(r, "timezone", ""));
+    printf("bookings starting from %s to %s\n\n", str_or(r, "from", "?"), str_or(r, "to", "?"));
+    size_t i;
+    json_t *g;
+    printf("%-16s %3s %-16s%s\n", "hall", "#", "club", head);
+    json_array_foreach(json_object_get(r, "rows"), i, g)
+    {
+        printf("%-16s %3lld %-16s", str_or(g, "hall", "-"), jint(g, "compartment"),
+               str_or(g, "club", "?"));
+        print_metrics(g);
+    }
+    printf("\n%-37s%s\n", "by hall", head);
+    json_array_foreach(json_object_get(r, "byHall"), i, g)
+    {
+        printf("%-37s", str_or(g, "hall", "-"));
+        print_metrics(g);
+    }
+    printf("\n%-37s%s\n", "by club", head);
+    json_array_foreach(json_object_get(r, "byClub"), i, g)
+    {
+        char label[160];
+        const char *name = json_string_value(json_object_get(g, "clubName"));
+        snprintf(label, sizeof(label), "%s%s%s%s", str_or(g, "club", "?"), name ? " (" : "",
+                 name ? name : "", name ? ")" : "");
+        printf("%-37.36s", label); /* long club names are cut to keep the columns */
+        print_metrics(g);
+    }
+    printf("\n%-37s", "total");
+    print_metrics(json_object_get(r, "total"));
+    printf("\nused: key collected; no-show: not collected in the pickup window; open: pickup "
+           "still possible;\ncxl: cancelled; delay: first pickup after the start; late: "
+           "returned after end + return grace\n");
+}
+
+/* One CSV field (RFC 4180): quoted when it holds a comma, quote or line break. */
+static void csv_field(const char *s)
+{
+    if (!s)
+        s = "";
+    if (strpbrk(s, ",\"\r\n") == NULL) {
+        fputs(s, stdout);
+        return;
+    }
+    putchar('"');
+    for (; *s; s++) {
+        if (*s == '"')
+            putchar('"');
+        putchar(*s);
+    }
+    putchar('"');
+}
+
+static void csv_minutes(json_t *v)
+{
+    if (json_is_integer(v))
+        printf(",%.1f", json_integer_value(v) / 60000.0);
+    else
+        printf(",");
+}
+
+static void csv_row(const char *level, const char *week, json_t *g)
+{
+    char comp[24] = "";
+    json_t *c = json_object_get(g, "compartment");
+    if (json_is_integer(c))
+        snprintf(comp, sizeof(comp), "%lld", (long long)json_integer_value(c));
+    const char *fields[] = {level,
+                            week,
+                            json_string_value(json_object_get(g, "hall")),
+                            comp,
+                            json_string_value(json_object_get(g, "club")),
+                            json_string_value(json_object_get(g, "clubName"))};
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        if (i)
+            putchar(',');
+        csv_field(fields[i]);
+    }
+    printf(",%lld,%lld,%lld,%lld,%lld", jint(g, "booked"), jint(g, "collected"), jint(g, "noShows"),
+           jint(g, "pending"), jint(g, "cancelled"));
+    csv_minutes(json_object_get(g, "medianDelayMs"));
+    csv_minutes(json_object_get(g, "worstDelayMs"));
+    printf(",%lld,%lld,%.2f,%.2f\n", jint(g, "lateReturns"), jint(g, "overdue"),
+           jint(g, "bookedMs") / 3600000.0, jint(g, "keyOutMs") / 3600000.0);
+}
+
+static void print_report_csv(json_t *r)
+{
+    static const struct {
+        const char *key, *level;
+    } groups[] = {{"rows", "compartment-club"},
+                  {"byHall", "hall"},
+                  {"byCompartment", "compartment"},
+                  {"byClub", "club"}};
+    printf("level,week,hall,compartment,club,club_name,booked,collected,no_shows,pending,"
+           "cancelled,median_delay_min,worst_delay_min,late_returns,overdue,booked_hours,"
+           "key_out_hours\n");
+    size_t i, j;
+    json_t *g, *w;
+    for (size_t k = 0; k < sizeof(groups) / sizeof(groups[0]); k++) {
+        json_array_foreach(json_object_get(r, groups[k].key), i, g)
+        {
+            csv_row(groups[k].level, "", g);
+        }
+    }
+    csv_row("total", "", json_object_get(r, "total"));
+    json_array_foreach(json_object_get(r, "weeks"), i, w)
+    {
+        json_array_foreach(json_object_get(w, "clubs"), j, g)
+        {
+            csv_row("week-club", json_string_value(json_object_get(w, "week")), g);
+        }
+    }
+}
+
+/* Text for SVG: &, <, >, " escaped; control characters dropped. */
+static void xml_text(FILE *f, const char *s)
+{
+    for (; s && *s; s++) {
+        switch (*s) {
+        case '&':
+            fputs("&amp;", f);
+            break;
+        case '<':
+            fputs("&lt;", f);
+            break;
+        case '>':
+            fputs("&gt;", f);
+            break;
+        case '"':
+            fputs("&quot;", f);
+            break;
+        default:
+            if ((unsigned char)*s >= 0x20)
+                fputc(*s, f);
+        }
+    }
+}
+
+/* Booked and collected slots of a club in one week (0 when it had none). */
+static void week_club(json_t *week, const char *club, long long *booked, long long *used)
+{
+    size_t i;
+    json_t *c;
+    *booked = *used = 0;
+    json_array_foreach(json_object_get(week, "clubs"), i, c)
+    {
+        const char *id = json_string_value(json_object_get(c, "club"));
+        if (id && strcmp(id, club) == 0) {
+            *booked = jint(c, "booked");
+            *used = jint(c, "collected");
+        }
+    }
+}
+
+/*
+ * The chart a manager opens in a browser: one panel per club, one pair of bars per
+ * week (booked slots, and of those the collected ones), all panels on one scale so
+ * that clubs compare. Plain SVG 1.1, no scripts, fonts or external files; hovering a
+ * bar shows its figures (<title>).
+ */
+static void svg_chart(FILE *f, json_t *r)
+{
+    enum { SLOT = 30, BAR = 12, LEFT = 60, TOP = 78, PANEL = 110, GAP = 46, MIN_W = 560 };
+    json_t *clubs = json_object_get(r, "byClub");
+    json_t *weeks = json_object_get(r, "weeks");
+    size_t nw = json_array_size(weeks), nc = json_array_size(clubs), i, j;
+    json_t *w, *c;
+    long long max = 1;
+    json_array_foreach(weeks, i, w)
+    {
+        json_array_foreach(json_object_get(w, "clubs"), j, c)
+        {
+            if (jint(c, "booked") > max)
+                max = jint(c, "booked");
+        }
+    }
+    int width = LEFT + (int)nw * SLOT + 30;
+    if (width < MIN_W)
+        width = MIN_W;
+    int height = TOP + (int)(nc ? nc : 1) * (PANEL + GAP) + 10;
+    size_t every = nw / 26 + 1; /* week labels that fit */
+
+    fprintf(f,
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" version=\"1.1\" width=\"%d\" "
+            "height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"11\">\n"
+            "<rect width=\"%d\" height=\"%d\" fill=\"#ffffff\"/>\n",
+            width, height, width, height, width, height);
+    fprintf(f, "<text x=\"%d\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Booked versus used: ",
+            LEFT);
+    xml_text(f, str_or(r, "stationName", ""));
+    fprintf(f, "</text>\n<text x=\"%d\" y=\"40\">Bookings starting from ", LEFT);
+    xml_text(f, str_or(r, "from", ""));
+    fputs(" to ", f);
+    xml_text(f, str_or(r, "to", ""));
+    fputs(" (", f);
+    xml_text(f, str_or(r, "timezone", ""));
+    fputs("), per week from Monday</text>\n", f);
+    fprintf(f,
+            "<rect x=\"%d\" y=\"50\" width=\"12\" height=\"10\" fill=\"#c6dbef\"/>"
+            "<text x=\"%d\" y=\"59\">booked slots</text>\n"
+            "<rect x=\"%d\" y=\"50\" width=\"12\" height=\"10\" fill=\"#2171b5\"/>"
+            "<text x=\"%d\" y=\"59\">key collected</text>\n",
+            LEFT, LEFT + 16, LEFT + 110, LEFT + 126);
+    if (nc == 0)
+        fprintf(f, "<text x=\"%d\" y=\"%d\">No bookings in this period.</text>\n", LEFT, TOP + 20);
+
+    json_array_foreach(clubs, i, c)
+    {
+        const char *club = json_string_value(json_object_get(c, "club"));
+        const char *name = json_string_value(json_object_get(c, "clubName"));
+        int y0 = TOP + (int)i * (PANEL + GAP);
+        int base = y0 + PANEL;
+        fprintf(f, "<g>\n<text x=\"%d\" y=\"%d\" font-weight=\"bold\">", LEFT, y0 - 8);
+        xml_text(f, club);
+        if (name) {
+            fputs(" ", f);
+            xml_text(f, name);
+        }
+        fprintf(f, ": %lld of %lld booked slots collected</text>\n", jint(c, "collected"),
+                jint(c, "booked"));
+        fprintf(f,
+                "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#444444\"/>\n"
+                "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"#dddddd\"/>\n"
+                "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">0</text>\n"
+                "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%lld</text>\n",
+                LEFT, base, LEFT + (int)nw * SLOT, base, LEFT, y0, LEFT + (int)nw * SLOT, y0,
+                LEFT - 6, base + 4, LEFT - 6, y0 + 4, max);
+        json_array_foreach(weeks, j, w)
+        {
+            long long booked, used;
+            week_club(w, club, &booked, &used);
+            const char *label = json_string_value(json_object_get(w, "week"));
+            const char *wk = label && strchr(label, '-') ? strchr(label, '-') + 1 : "";
+            int x = LEFT + (int)j * SLOT + 3;
+            int hb = (int)(booked * PANEL / max), hu = (int)(used * PANEL / max);
+            fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#c6dbef\">", x,
+                    base - hb, BAR, hb);
+            fprintf(f, "<title>");
+            xml_text(f, label);
+            fprintf(f, ": %lld booked</title></rect>\n", booked);
+            fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"#2171b5\">",
+                    x + BAR, base - hu, BAR, hu);
+            fprintf(f, "<title>");
+            xml_text(f, label);
+            fprintf(f, ": %lld collected</title></rect>\n", used);
+            if (j % every == 0) {
+                fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" font-size=\"9\">",
+                        x + BAR, base + 12);
+                xml_text(f, wk);
+                fputs("</text>\n", f);
+            }
+        }
+        fputs("</g>\n", f);
+    }
+    fputs("</svg>\n", f);
+}
+
+static int write_svg(const char *path, json_t *r)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "lockerctl: cannot write %s: %s\n", path, strerror(errno));
+        return EXIT_REFUSED;
+    }
+    svg_chart(f, r);
+    bool failed = ferror(f) != 0;
+    if (fclose(f) != 0 || failed) {
+        fprintf(stderr, "lockerctl: writing %s failed: %s\n", path, strerror(errno));
+        return EXIT_REFUSED;
+    }
+    return 0;
+}
+
+static int cmd_report(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const valued[] = {"--from", "--to", "--svg", NULL};
+    static const char *const flags[] = {"--csv", NULL};
+    int rc = expect(argc, argv, valued, flags, NULL, 0);
+    if (rc)
+        return rc;
+    bool bad = false, csv = opt_flag(argc, argv, "--csv");
+    const char *from = opt_value(argc, argv, "--from", &bad);
+    const char *to = opt_value(argc, argv, "--to", &bad);
+    const char *svg = opt_value(argc, argv, "--svg", &bad);
+    if (csv && ctl->json)
+        return usage_error("%s", "--csv and --json exclude each other");
+    if (svg && !svg[0])
+        return usage_error("%s", "--svg needs a file name");
+    json_t *args = json_object();
+    if (from)
+        json_object_set_new(args, "from", json_string(from));
+    if (to)
+        json_object_set_new(args, "to", json_string(to));
+    json_t *reply, *r;
+    rc = call(ctl, "report", args, &reply, &r);
+    if (rc)
+        return rc;
+    if (ctl->json)
+        print_json(r);
+    else if (csv)
+        print_report_csv(r);
+    else
+        print_report(r);
+    if (svg)
+        rc = write_svg(svg, r);
+    json_decref(reply);
+    return rc;
 }
 
 /* ------------------------------------------------------------ sync */
@@ -861,6 +1258,11 @@ static const struct cmd commands[] = {
      "add a member; prints the member id", cmd_member_add},
     {"member", "join", "MEMBER --club CLUB [--club CLUB...]", "add a member to more clubs",
      cmd_member_join},
+    {"member", "export", "MEMBER",
+     "everything the station holds about a member, as JSON (managers)", cmd_member_export},
+    {"member", "erase", "MEMBER --reason TEXT",
+     "delete a member and their cards, erase their ids from the event log (technicians)",
+     cmd_member_erase},
     {"card", "add", "MEMBER --uid HEX [--card desfire|uid]", "register a card by its UID",
      cmd_card_add},
     {"card", "enroll", "MEMBER [--timeout SECONDS]", "register the next card tapped",
@@ -876,6 +1278,9 @@ static const struct cmd commands[] = {
      cmd_disable},
     {"prune", NULL, "", "prune events older than the retention period now (technicians)",
      cmd_prune},
+    {"report", NULL, "[--from DATE] [--to DATE] [--csv] [--svg FILE]",
+     "booked versus used per hall, compartment, club and week (default: the last 4 weeks)",
+     cmd_report},
     {"sync", "now", "", "synchronise with the city API now", cmd_sync_now},
     {"sync", "status", "", "cursor, last success and error, outbox depth, dead letters",
      cmd_sync_status},

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
 #include "daemon/clock.h"
@@ -641,7 +642,7 @@ static void test_tamper_null_vs_empty(void **state)
     assert_int_equal(store_event_add(f->s, &ev), 1);
     assert_int_equal(store_event_add(f->s, &ev), 2);
     sqlite3 *db = raw_open(f->path);
-    raw_exec(db, "DROP TRIGGER events_append_only;"
+    raw_exec(db, "DROP TRIGGER events_append_only; DROP TRIGGER events_erase_only;"
                  "UPDATE events SET member_id = '' WHERE seq = 2");
     sqlite3_close(db);
     int64_t bad = 0;
@@ -877,6 +878,411 @@ static void test_integrity(void **state)
     assert_string_equal(why, "");
 }
 
+/* ---- subject digests, erasure, export, migration ---- */
+
+/* SHA-256 through OpenSSL's EVP interface, written out independently of store.c. */
+static EVP_MD_CTX *sha_init(void)
+{
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    assert_non_null(c);
+    assert_int_equal(EVP_DigestInit_ex(c, EVP_sha256(), NULL), 1);
+    return c;
+}
+
+static void sha_update(EVP_MD_CTX *c, const void *p, size_t n)
+{
+    assert_int_equal(EVP_DigestUpdate(c, p, n), 1);
+}
+
+static void sha_final(EVP_MD_CTX *c, unsigned char out[32])
+{
+    unsigned int len = 0;
+    assert_int_equal(EVP_DigestFinal_ex(c, out, &len), 1);
+    assert_int_equal(len, 32);
+    EVP_MD_CTX_free(c);
+}
+
+/* enc() of the chain encoding. */
+static void enc(EVP_MD_CTX *c, const unsigned char *p, int n)
+{
+    if (p == NULL) {
+        sha_update(c, "\0", 1);
+        return;
+    }
+    unsigned char head[5] = {1, (unsigned char)(n >> 24), (unsigned char)(n >> 16),
+                             (unsigned char)(n >> 8), (unsigned char)n};
+    sha_update(c, head, 5);
+    sha_update(c, p, (size_t)n);
+}
+
+/* Hash of one row as documented: version 1 hashes columns 0..14 as they are;
+ * version 2 puts hex(subject_digest) in place of member_id and credential_id. */
+static void doc_hash(sqlite3_stmt *st, const unsigned char prev[32], int version,
+                     unsigned char out[32])
+{
+    EVP_MD_CTX *c = sha_init();
+    sha_update(c, prev, 32);
+    for (int i = 0; i < 15; i++) {
+        if (version == 2 && i == 9)
+            continue;
+        if (version == 2 && i == 8) {
+            const unsigned char *d = sqlite3_column_blob(st, 16);
+            char h[65];
+            for (int k = 0; d != NULL && k < 32; k++)
+                snprintf(h + 2 * k, 3, "%02x", d[k]);
+            enc(c, d != NULL ? (const unsigned char *)h : NULL, 64);
+            continue;
+        }
+        const unsigned char *t = sqlite3_column_text(st, i);
+        enc(c, t, sqlite3_column_bytes(st, i));
+    }
+    sha_final(c, out);
+}
+
+static void add_member_with_card(struct store *s, const char *mid, const char *name,
+                                 const char *cid, uint8_t hmac_byte)
+{
+    struct member m = {.role = ROLE_MEMBER};
+    snprintf(m.id, sizeof m.id, "%s", mid);
+    snprintf(m.name, sizeof m.name, "%s", name);
+    assert_int_equal(store_member_add(s, &m), STORE_OK);
+    assert_int_equal(store_member_join(s, mid, "club-1"), STORE_OK);
+    struct credential c = {.status = CRED_ACTIVE};
+    snprintf(c.id, sizeof c.id, "%s", cid);
+    snprintf(c.member_id, sizeof c.member_id, "%s", mid);
+    memset(c.uid_hmac, hmac_byte, sizeof c.uid_hmac);
+    snprintf(c.card_type, sizeof c.card_type, "desfire");
+    snprintf(c.source, sizeof c.source, "local");
+    assert_int_equal(store_credential_add(s, &c), STORE_OK);
+}
+
+static void test_subject_digest(void **state)
+{
+    struct fixture *f = *state;
+    struct event e1 = {.type = "station.started"};
+    struct event e2 = {.type = "key.checkedOut",
+                       .compartment = 1,
+                       .member_id = "m-1",
+                       .credential_id = "c-1",
+                       .club_id = "club-1",
+                       .booking_id = "b-1"};
+    struct event e3 = {.type = "card.revoked", .credential_id = "c-1", .operator_name = "ops"};
+    assert_int_equal(store_event_add(f->s, &e1), 1);
+    assert_int_equal(store_event_add(f->s, &e2), 2);
+    assert_int_equal(store_event_add(f->s, &e3), 3);
+    assert_verify_ok(f->s);
+
+    /* The stored hashes are the documented encoding. */
+    sqlite3 *db = raw_open(f->path);
+    sqlite3_stmt *st;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT seq, event_id, type, occurred_ms, mono_ms,"
+                                        " clock_synced, boot_id, compartment, member_id,"
+                                        " credential_id, club_id, booking_id, reason, operator,"
+                                        " detail, subject_salt, subject_digest, prev_hash, hash"
+                                        " FROM events ORDER BY seq",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    unsigned char prev[32] = {0};
+    int rows = 0;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        unsigned char want[32];
+        doc_hash(st, prev, 2, want);
+        assert_int_equal(sqlite3_column_bytes(st, 18), 32);
+        assert_memory_equal(sqlite3_column_blob(st, 18), want, 32);
+        /* Salt and digest exactly when there is a subject; digest as documented. */
+        bool subject =
+            sqlite3_column_type(st, 8) != SQLITE_NULL || sqlite3_column_type(st, 9) != SQLITE_NULL;
+        assert_int_equal(sqlite3_column_type(st, 15) != SQLITE_NULL, subject);
+        assert_int_equal(sqlite3_column_type(st, 16) != SQLITE_NULL, subject);
+        if (subject) {
+            unsigned char d[32];
+            EVP_MD_CTX *c = sha_init();
+            assert_int_equal(sqlite3_column_bytes(st, 15), 16);
+            sha_update(c, sqlite3_column_blob(st, 15), 16);
+            enc(c, sqlite3_column_text(st, 8), sqlite3_column_bytes(st, 8));
+            enc(c, sqlite3_column_text(st, 9), sqlite3_column_bytes(st, 9));
+            sha_final(c, d);
+            assert_memory_equal(sqlite3_column_blob(st, 16), d, 32);
+        }
+        memcpy(prev, sqlite3_column_blob(st, 18), 32);
+        rows++;
+    }
+    sqlite3_finalize(st);
+    assert_int_equal(rows, 3);
+
+    /* Events JSON shows the ids and the digest. */
+    json_t *arr = store_events_json(f->s, 1, 1);
+    json_t *e = json_array_get(arr, 0);
+    assert_string_equal(json_string_value(json_object_get(e, "member")), "m-1");
+    assert_string_equal(json_string_value(json_object_get(e, "credential")), "c-1");
+    assert_int_equal(strlen(json_string_value(json_object_get(e, "subjectDigest"))), 64);
+    assert_int_equal(strlen(json_string_value(json_object_get(e, "subjectSalt"))), 32);
+    json_decref(arr);
+
+    /* Swapping the member id is caught by the digest, not only by the chain. */
+    raw_exec(db, "DROP TRIGGER events_append_only; DROP TRIGGER events_erase_only;"
+                 "UPDATE events SET member_id = 'm-2' WHERE seq = 2");
+    sqlite3_close(db);
+    int64_t bad = 0;
+    char why[256] = "";
+    assert_int_equal(store_events_verify(f->s, &bad, why, sizeof why), STORE_CONFLICT);
+    assert_int_equal(bad, 2);
+    assert_non_null(strstr(why, "subject digest"));
+}
+
+/* True if needle occurs in the file (any case-sensitive byte match). */
+static bool file_contains(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "rb");
+    if (fp == NULL)
+        return false;
+    size_t cap = 1 << 20, len = 0;
+    char *buf = malloc(cap);
+    size_t n;
+    while (buf != NULL && (n = fread(buf + len, 1, cap - len, fp)) > 0) {
+        len += n;
+        if (len == cap) {
+            char *p = realloc(buf, cap * 2);
+            if (p == NULL)
+                break;
+            buf = p;
+            cap *= 2;
+        }
+    }
+    fclose(fp);
+    bool found = buf != NULL && memmem(buf, len, needle, strlen(needle)) != NULL;
+    free(buf);
+    return found;
+}
+
+static void test_erase(void **state)
+{
+    struct fixture *f = *state;
+    struct club c = {.id = "club-1", .name = "One"};
+    assert_int_equal(store_club_add(f->s, &c), STORE_OK);
+    add_member_with_card(f->s, "m-77aa01", "Zelda Quartermain", "c-77cc01", 0x5a);
+    add_member_with_card(f->s, "m-other", "Other Person", "c-other", 0x33);
+    struct credential c2 = {.status = CRED_REVOKED};
+    snprintf(c2.id, sizeof c2.id, "c-77cc02");
+    snprintf(c2.member_id, sizeof c2.member_id, "m-77aa01");
+    memset(c2.uid_hmac, 0x6b, sizeof c2.uid_hmac);
+    snprintf(c2.card_type, sizeof c2.card_type, "uid");
+    snprintf(c2.source, sizeof c2.source, "local");
+    assert_int_equal(store_credential_add(f->s, &c2), STORE_OK);
+
+    struct event evs[] = {
+        {.type = "member.created", .member_id = "m-77aa01", .operator_name = "ops"},
+        {.type = "card.added", .member_id = "m-77aa01", .credential_id = "c-77cc01"},
+        {.type = "key.checkedOut",
+         .compartment = 1,
+         .member_id = "m-77aa01",
+         .credential_id = "c-77cc01",
+         .club_id = "club-1",
+         .booking_id = "b-1"},
+        {.type = "key.checkedOut",
+         .compartment = 2,
+         .member_id = "m-other",
+         .credential_id = "c-other",
+         .club_id = "club-1"},
+        {.type = "card.revoked", .credential_id = "c-77cc02"},
+        {.type = "station.started"},
+    };
+    for (size_t i = 0; i < sizeof evs / sizeof evs[0]; i++)
+        assert_int_equal(store_event_add(f->s, &evs[i]), (int64_t)i + 1);
+
+    /* Export: member, clubs, both cards with their HMAC, the four events. */
+    int rc = 0;
+    json_t *x = store_member_export(f->s, "m-77aa01", &rc);
+    assert_int_equal(rc, STORE_OK);
+    assert_non_null(x);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(x, "member"), "name")),
+                        "Zelda Quartermain");
+    assert_int_equal(json_array_size(json_object_get(x, "clubs")), 1);
+    json_t *creds = json_object_get(x, "credentials");
+    assert_int_equal(json_array_size(creds), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(creds, 0), "uidHmac")),
+                        "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a");
+    json_t *xe = json_object_get(x, "events");
+    assert_int_equal(json_array_size(xe), 4);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(xe, 3), "seq")), 5);
+    json_decref(x);
+    assert_null(store_member_export(f->s, "m-nobody", &rc));
+    assert_int_equal(rc, STORE_NOTFOUND);
+
+    /* A member who holds a key cannot be erased: the return needs the id. */
+    struct comp_row row = {.number = 1};
+    snprintf(row.holder_member, sizeof row.holder_member, "m-77aa01");
+    assert_int_equal(store_comp_save(f->s, &row), STORE_OK);
+    struct erase_result er;
+    assert_int_equal(store_member_erase(f->s, "m-77aa01", &er), STORE_CONFLICT);
+    assert_int_equal(er.compartment, 1);
+    row.holder_member[0] = '\0';
+    assert_int_equal(store_comp_save(f->s, &row), STORE_OK);
+
+    assert_int_equal(store_member_erase(f->s, "m-nobody", &er), STORE_NOTFOUND);
+    assert_int_equal(store_member_erase(f->s, "m-77aa01", &er), STORE_OK);
+    assert_int_equal(er.events, 4);
+    assert_int_equal(er.credentials, 2);
+    assert_int_equal(er.clubs, 1);
+    assert_verify_ok(f->s);
+    assert_int_equal(store_event_erased_count(f->s), 4);
+    assert_null(store_member_export(f->s, "m-77aa01", &rc));
+    assert_int_equal(rc, STORE_NOTFOUND);
+    struct member m;
+    assert_int_equal(store_member_get(f->s, "m-other", &m), STORE_OK);
+
+    json_t *arr = store_events_json(f->s, 0, 0);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 2), "member")),
+                        STORE_ERASED_ID);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 2), "credential")),
+                        STORE_ERASED_ID);
+    assert_null(json_object_get(json_array_get(arr, 2), "subjectSalt"));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 3), "member")),
+                        "m-other");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 4), "credential")),
+                        STORE_ERASED_ID);
+    assert_null(json_object_get(json_array_get(arr, 4), "member"));
+    json_decref(arr);
+
+    /* Nothing of the member is left in the files once the WAL is checkpointed. */
+    assert_int_equal(store_checkpoint(f->s), STORE_OK);
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", f->path);
+    static const char *const gone[] = {"Zelda Quartermain", "m-77aa01", "c-77cc01", "c-77cc02"};
+    for (size_t i = 0; i < sizeof gone / sizeof gone[0]; i++) {
+        if (file_contains(f->path, gone[i]) || file_contains(wal, gone[i]))
+            fail_msg("'%s' is still in the database files", gone[i]);
+    }
+    assert_true(file_contains(f->path, "Other Person"));
+
+    /* The triggers allow erasing and nothing else. */
+    sqlite3 *db = raw_open(f->path);
+    assert_int_not_equal(
+        sqlite3_exec(db, "UPDATE events SET member_id = 'm-x' WHERE seq = 4", NULL, NULL, NULL),
+        SQLITE_OK);
+    assert_int_not_equal(
+        sqlite3_exec(db, "UPDATE events SET member_id = 'erased' WHERE seq = 4", NULL, NULL, NULL),
+        SQLITE_OK); /* the salt must go with it */
+    assert_int_not_equal(
+        sqlite3_exec(db, "UPDATE events SET reason = 'x' WHERE seq = 3", NULL, NULL, NULL),
+        SQLITE_OK);
+    /* Someone who drops the triggers and puts an id on an erased row is caught. */
+    raw_exec(db, "DROP TRIGGER events_erase_only;"
+                 "UPDATE events SET member_id = 'm-77aa01' WHERE seq = 3");
+    sqlite3_close(db);
+    int64_t bad = 0;
+    char why[256] = "";
+    assert_int_equal(store_events_verify(f->s, &bad, why, sizeof why), STORE_CONFLICT);
+    assert_int_equal(bad, 3);
+    assert_non_null(strstr(why, "erased"));
+}
+
+/* Turns a fresh version-2 database back into version 1 as it was shipped: no subject
+ * columns, the old trigger, hashes in the old encoding. */
+static void downgrade_to_v1(const char *path, bool break_row_2)
+{
+    sqlite3 *db = raw_open(path);
+    raw_exec(db, "DROP TRIGGER events_append_only; DROP TRIGGER events_erase_only;"
+                 "DROP INDEX events_booking; DROP INDEX events_returns; DROP INDEX bookings_start;"
+                 "ALTER TABLE events DROP COLUMN subject_salt;"
+                 "ALTER TABLE events DROP COLUMN subject_digest;");
+    sqlite3_stmt *st, *up;
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT seq, event_id, type, occurred_ms, mono_ms,"
+                                        " clock_synced, boot_id, compartment, member_id,"
+                                        " credential_id, club_id, booking_id, reason, operator,"
+                                        " detail FROM events ORDER BY seq",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "UPDATE events SET prev_hash = ?2, hash = ?3"
+                                        " WHERE seq = ?1",
+                                        -1, &up, NULL),
+                     SQLITE_OK);
+    unsigned char prev[32] = {0};
+    while (sqlite3_step(st) == SQLITE_ROW) {
+        unsigned char h[32];
+        doc_hash(st, prev, 1, h);
+        sqlite3_reset(up);
+        sqlite3_bind_int64(up, 1, sqlite3_column_int64(st, 0));
+        sqlite3_bind_blob(up, 2, prev, 32, SQLITE_TRANSIENT);
+        sqlite3_bind_blob(up, 3, h, 32, SQLITE_TRANSIENT);
+        assert_int_equal(sqlite3_step(up), SQLITE_DONE);
+        memcpy(prev, h, 32);
+    }
+    sqlite3_finalize(st);
+    sqlite3_finalize(up);
+    if (break_row_2)
+        raw_exec(db, "UPDATE events SET reason = 'edited' WHERE seq = 2");
+    raw_exec(db, "CREATE TRIGGER events_append_only BEFORE UPDATE ON events"
+                 "  BEGIN SELECT RAISE(ABORT, 'events are append-only'); END;"
+                 "PRAGMA user_version = 1");
+    sqlite3_close(db);
+}
+
+static void migrate_from_v1(struct fixture *f, bool broken)
+{
+    struct event e1 = {.type = "station.started"};
+    struct event e2 = {.type = "key.checkedOut",
+                       .compartment = 1,
+                       .member_id = "m-1",
+                       .credential_id = "c-1",
+                       .club_id = "club-1",
+                       .booking_id = "b-1"};
+    struct event e3 = {.type = "access.denied", .member_id = "m-1", .reason = "no-booking"};
+    assert_int_equal(store_event_add(f->s, &e1), 1);
+    assert_int_equal(store_event_add(f->s, &e2), 2);
+    assert_int_equal(store_event_add(f->s, &e3), 3);
+    store_close(f->s);
+    f->s = NULL;
+    downgrade_to_v1(f->path, broken);
+
+    char err[256] = "";
+    f->s = store_open(f->path, err, sizeof err);
+    if (f->s == NULL)
+        fail_msg("open after downgrade: %s", err);
+    sqlite3 *db = raw_open(f->path);
+    assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+    char old[80];
+    raw_text(db, "SELECT hex(hash) FROM events WHERE seq = 3", old, sizeof old);
+    sqlite3_close(db);
+    /* The rehashed log verifies, and says what happened. */
+    assert_verify_ok(f->s);
+    json_t *arr = store_events_json(f->s, 0, 0);
+    assert_int_equal(json_array_size(arr), 4);
+    json_t *e = json_array_get(arr, 3);
+    assert_string_equal(json_string_value(json_object_get(e, "type")), "log.rechained");
+    json_t *d = json_object_get(e, "detail");
+    assert_int_equal(json_integer_value(json_object_get(d, "count")), 3);
+    assert_int_equal(json_integer_value(json_object_get(d, "fromSeq")), 1);
+    assert_int_equal(json_integer_value(json_object_get(d, "toSeq")), 3);
+    assert_int_equal(strlen(json_string_value(json_object_get(d, "oldHash"))), 64);
+    assert_int_equal(json_is_true(json_object_get(d, "oldChainIntact")), !broken);
+    if (broken)
+        assert_int_equal(json_integer_value(json_object_get(d, "oldFirstBadSeq")), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(arr, 1), "member")),
+                        "m-1");
+    json_decref(arr);
+
+    /* Only once. */
+    store_close(f->s);
+    f->s = store_open(f->path, err, sizeof err);
+    assert_non_null(f->s);
+    assert_int_equal(store_event_count(f->s, "log.rechained"), 1);
+    assert_verify_ok(f->s);
+}
+
+static void test_migrate_v1(void **state)
+{
+    migrate_from_v1(*state, false);
+}
+
+static void test_migrate_v1_broken(void **state)
+{
+    migrate_from_v1(*state, true);
+}
+
 int main(void)
 {
     log_init("test_store", LOG_LVL_WARNING);
@@ -902,6 +1308,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_transactions, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_close_inside_transaction, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_integrity, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_subject_digest, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_erase, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_v1, setup_file, teardown),
+        cmocka_unit_test_setup_teardown(test_migrate_v1_broken, setup_file, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
