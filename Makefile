@@ -16,6 +16,11 @@ SBINDIR    ?= $(PREFIX)/sbin
 MANDIR     ?= $(PREFIX)/share/man
 SYSCONFDIR ?= /etc
 BUILD      ?= build
+# systemd's directories as its pkg-config file gives them for PREFIX, else under PREFIX.
+systemd_dir = $(or $(shell $(PKG_CONFIG) --define-variable=prefix=$(PREFIX) --variable=$(1) systemd 2>/dev/null),$(PREFIX)/lib/$(2))
+SYSTEMDUNITDIR ?= $(call systemd_dir,systemdsystemunitdir,systemd/system)
+SYSUSERSDIR    ?= $(call systemd_dir,sysusersdir,sysusers.d)
+TMPFILESDIR    ?= $(call systemd_dir,tmpfilesdir,tmpfiles.d)
 
 CC         ?= cc
 PKG_CONFIG ?= pkg-config
@@ -71,7 +76,7 @@ BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
 
-.PHONY: all check check-vm unit scenario demo bench install clean format lint
+.PHONY: all check check-vm check-deb unit scenario demo bench install clean format lint
 all: $(BUILD)/lockerd $(BUILD)/lockerctl
 
 $(BUILD)/%.o: %.c
@@ -101,11 +106,17 @@ check:
 	$(MAKE) all # the plain build, for the valgrind test
 	$(MAKE) BUILD=build-san unit pn532-check scenario
 	tests/test_docs.sh build-san
+	tests/test_systemd.sh build
 
 # make check-vm: the gpiod backend against the kernel's gpio-sim in a qemu VM, built
 # once with libgpiod 1.x and once with 2.x (tests/vm/run-vm-test.sh lists the packages).
 check-vm:
 	tests/vm/run-vm-test.sh
+
+# make check-deb: the Debian package built, linted, installed into a bookworm chroot
+# and purged, and booted under systemd in a VM (tests/test_deb.sh; root, the mirror).
+check-deb:
+	tests/test_deb.sh
 
 unit:
 	@set -e; for t in $(UNIT_TESTS); do echo "== unit: $$t"; $(BUILD)/tests/$$t; done
@@ -136,6 +147,12 @@ install: all
 	    install -m 0640 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
 	install -m 0644 docs/man/lockerd.8 docs/man/lockerctl.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 docs/man/lockerd.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	install -d $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
+	sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/lockerd/|$(SYSCONFDIR)/lockerd/|g' \
+	    systemd/lockerd.service >$(DESTDIR)$(SYSTEMDUNITDIR)/lockerd.service
+	install -m 0644 systemd/lockerd.sysusers $(DESTDIR)$(SYSUSERSDIR)/lockerd.conf
+	sed -e 's|/etc/lockerd/|$(SYSCONFDIR)/lockerd/|g' \
+	    systemd/lockerd.tmpfiles >$(DESTDIR)$(TMPFILESDIR)/lockerd.conf
 
 format:
 	clang-format -i daemon/*.[ch] hal/*.[ch] provisioning/*.c tests/unit/*.[ch] tests/*.c tests/fuzz/*.c

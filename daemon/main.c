@@ -41,7 +41,8 @@ struct daemon {
     struct loop *loop;
     struct station *station;
     struct control *control;
-    bool debug; /* -d: stays in force across reloads */
+    bool debug;          /* -d: stays in force across reloads */
+    int64_t watchdog_ms; /* systemd watchdog ping interval; 0: no watchdog */
 };
 
 static void usage(FILE *out)
@@ -151,6 +152,38 @@ static void on_reload(int signo, void *arg)
     sd_notify(0, "READY=1");
 }
 
+/* systemd's watchdog (WatchdogSec= in lockerd.service). The ping is sent from a
+ * loop timer, not from a thread of its own, so a callback that hangs the loop also
+ * stops the pings and systemd kills and restarts lockerd (Restart=on-failure). */
+static void on_watchdog(void *arg)
+{
+    struct daemon *d = arg;
+    sd_notify(0, "WATCHDOG=1");
+    /* Timers are one-shot. If re-arming fails the pings stop and systemd restarts
+     * lockerd: the right outcome for a loop that can no longer keep time. */
+    int r = loop_add_timer(d->loop, d->watchdog_ms, on_watchdog, d);
+    if (r < 0)
+        log_errx("cannot re-arm the watchdog timer: %s", strerror(-r));
+}
+
+/* Pings at half the interval systemd asks for, as sd_watchdog_enabled(3) advises:
+ * one late wakeup must not be enough to get lockerd killed. */
+static void watchdog_start(struct daemon *d)
+{
+    uint64_t usec = 0;
+    int r = sd_watchdog_enabled(0, &usec);
+    if (r < 0)
+        log_warnx("ignoring the systemd watchdog settings: %s", strerror(-r));
+    if (r <= 0)
+        return;
+    d->watchdog_ms = (int64_t)(usec / 2000);
+    if (d->watchdog_ms < 1)
+        d->watchdog_ms = 1;
+    log_info("systemd watchdog: %llu ms, pinged every %lld ms", (unsigned long long)(usec / 1000),
+             (long long)d->watchdog_ms);
+    on_watchdog(d);
+}
+
 static void on_terminate(int signo, void *arg)
 {
     struct daemon *d = arg;
@@ -254,6 +287,7 @@ int main(int argc, char **argv)
                d.cfg->gpio_backend == GPIO_BACKEND_SIM ? "sim" : "gpiod",
                d.cfg->reader_backend == READER_BACKEND_SIM ? "sim" : "libnfc", d.cfg->socket_path);
     sd_notify(0, "READY=1");
+    watchdog_start(&d);
 
     int status = loop_run(d.loop);
 
