@@ -1185,7 +1185,6 @@ static void downgrade_to_v1(const char *path, bool break_row_2)
     sqlite3 *db = raw_open(path);
     raw_exec(db, "DROP TRIGGER events_append_only; DROP TRIGGER events_erase_only;"
                  "DROP INDEX events_booking; DROP INDEX events_returns; DROP INDEX bookings_start;"
-                 "DROP INDEX bookings_comp_end;"
                  "ALTER TABLE events DROP COLUMN subject_salt;"
                  "ALTER TABLE events DROP COLUMN subject_digest;");
     sqlite3_stmt *st, *up;
