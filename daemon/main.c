@@ -290,6 +290,11 @@ int main(int argc, char **argv)
     watchdog_start(&d);
 
     int status = loop_run(d.loop);
+    /* A second Ctrl-C or SIGTERM (a terminal signals the whole process group, and
+     * scripts often add their own) must not cut the shutdown short once the loop,
+     * which held these signals blocked, is freed. */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
 
     station_mark_clean_shutdown(d.station);
     control_free(d.control);
