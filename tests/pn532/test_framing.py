@@ -81,7 +81,9 @@ class Framing(unittest.TestCase):
         self.emu.cmd("status")
         self.assertTrue(self.silent())
         self.wake()
-        self.assertTrue(self.emu.seen("wakeup"))
+        # The event comes on the emulator's stdout, which a thread reads: wait for it
+        # rather than look at once (the reply on the pty can be read first).
+        self.emu.wait("wakeup")
         self.transact([0x02], [0x03, 0x32, 0x01, 0x06, 0x07])
 
     def test_diagnose_echo_and_extended_frame(self):
