@@ -101,6 +101,20 @@ class Pn532Emu:
         with self._cond:
             return any(line.startswith(prefix) for line in self.lines)
 
+    def saw(self, prefix, timeout=TIMEOUT):
+        """True once any event line, past or coming, starts with prefix; False after
+        timeout. For events that happened before something the test already observed
+        elsewhere: the thread reading the emulator's output may be a moment behind."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                if any(line.startswith(prefix) for line in self.lines):
+                    return True
+                left = deadline - time.monotonic()
+                if left <= 0 or self._eof:
+                    return False
+                self._cond.wait(left)
+
     def skip(self):
         with self._cond:
             self.cursor = len(self.lines)

@@ -252,7 +252,7 @@ class TapTest(ReaderTestCase):
         seq0 = st.last_seq()
         g = self.pickup(st, emu, "card uid " + UID4, 1)
         self.assertEqual((g["member"], g["booking"]), (b["member"], b["booking"]))
-        self.assertTrue(emu.seen("selected %s uid" % UID4))
+        self.assertTrue(emu.saw("selected %s uid" % UID4))
         self.give_back(st, emu, "reinsert", 1)
         self.assertEventOrder(st.events(seq0), ["access.granted", "key.checkedOut",
                                                 "access.granted", "key.returned"])
@@ -292,7 +292,7 @@ class TapTest(ReaderTestCase):
         e = self.present(st, emu, clone, expect="access.denied")
         self.assertEqual(e["reason"], "card-auth-failed")
         self.assertEqual(e["detail"]["card"], "desfire")
-        self.assertTrue(emu.seen("auth fail 1"))
+        self.assertTrue(emu.saw("auth fail 1"))
         # The member's UID on a DESFire card without the application.
         e = self.present(st, emu, "card desfire " + UID7, expect="access.denied")
         self.assertEqual(e["reason"], "card-auth-failed")
