@@ -178,7 +178,7 @@ static bool set_str(char *dst, size_t size, const char *src)
     if (n >= size)
         return false;
     memset(dst, 0, size);
-    memcpy(dst, src, n);
+    memcpy(dst, src, n); /* NOLINT(bugprone-not-null-terminated-result): zeroed above */
     return true;
 }
 

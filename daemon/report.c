@@ -134,7 +134,7 @@ bool report_parse_bound(const char *s, bool end, int64_t *ms_out)
     }
     /* The end of the day is the next day's 00:00, found from its noon (which every
      * zone has) so that a 23- or 25-hour day is still one day. */
-    struct tm tm = local_tm(day + 12 * 3600 * 1000);
+    struct tm tm = local_tm(day + INT64_C(12) * 3600 * 1000);
     tm.tm_mday += 1;
     tm.tm_isdst = -1;
     time_t noon = mktime(&tm);

@@ -378,7 +378,7 @@ static bool handle_card(struct reader_dev *r, nfc_device *dev, const nfc_target 
     enum stall stall = STALL_NONE;
     if (atomic_exchange(&r->issue, false)) {
         /* Issuing writes keys and a file: several times a read's traffic. */
-        limit = 4 * WATCHDOG_MS;
+        limit = (int64_t)WATCHDOG_MS * 4;
         watchdog_arm(r, limit);
         int res = card_issue(dev, target, &r->keys, &card);
         stall = watchdog_disarm(r);

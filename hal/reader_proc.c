@@ -179,7 +179,7 @@ static int reap(pid_t pid, int timeout_ms)
             waitpid(pid, &status, 0);
             return status;
         }
-        struct timespec ts = {0, 10 * 1000 * 1000};
+        struct timespec ts = {0, 10L * 1000 * 1000};
         nanosleep(&ts, NULL); /* bounded wait for a child we asked to stop */
     }
 }

@@ -1175,7 +1175,7 @@ static int sim_comp(struct ctl *ctl, const char *cmd, const char *field, const c
         return rc;
     if (!parse_int(pos[0], 1, 1000, &n))
         return usage_error("compartment must be a number, not '%s'", pos[0]);
-    if (strcmp(pos[1], a) != 0 && strcmp(pos[1], b) != 0) {
+    if (!pos[1] || (strcmp(pos[1], a) != 0 && strcmp(pos[1], b) != 0)) {
         fprintf(stderr, "lockerctl: expected '%s' or '%s', not '%s'\n", a, b, pos[1]);
         return EXIT_USAGE;
     }
@@ -1199,8 +1199,8 @@ static int cmd_sim_tamper(struct ctl *ctl, int argc, char **argv)
     int rc = expect(argc, argv, NULL, NULL, pos, 1);
     if (rc)
         return rc;
-    if (strcmp(pos[0], "open") != 0 && strcmp(pos[0], "close") != 0)
-        return usage_error("expected 'open' or 'close', not '%s'", pos[0]);
+    if (!pos[0] || (strcmp(pos[0], "open") != 0 && strcmp(pos[0], "close") != 0))
+        return usage_error("expected 'open' or 'close', not '%s'", pos[0] ? pos[0] : "");
     return simple(ctl, "sim.tamper", json_pack("{s:s}", "state", pos[0]), print_nothing);
 }
 
@@ -1236,8 +1236,8 @@ static int cmd_sim_clock(struct ctl *ctl, int argc, char **argv)
     int rc = expect(argc, argv, NULL, NULL, pos, 2);
     if (rc)
         return rc;
-    if (strcmp(pos[0], "advance") != 0)
-        return usage_error("expected 'advance DURATION', not '%s'", pos[0]);
+    if (!pos[0] || strcmp(pos[0], "advance") != 0)
+        return usage_error("expected 'advance DURATION', not '%s'", pos[0] ? pos[0] : "");
     return simple(ctl, "sim.clock", json_pack("{s:s}", "advance", pos[1]), print_now);
 }
 
