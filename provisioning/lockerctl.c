@@ -629,7 +629,9 @@ static int cmd_card_add(struct ctl *ctl, int argc, char **argv)
     return simple(ctl, "card.add", args, print_card);
 }
 
-static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
+/* card enroll and card issue: both wait (up to --timeout) for the next card tapped. */
+static int wait_for_card(struct ctl *ctl, const char *cmd, const char *prompt, int argc,
+                         char **argv)
 {
     static const char *const valued[] = {"--timeout", NULL};
     char *pos[1] = {NULL};
@@ -642,32 +644,24 @@ static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
     if (t && !parse_int(t, 1, 600, &secs))
         return usage_error("--timeout takes 1 to 600 seconds, not '%s'", t);
     if (!ctl->json)
-        fprintf(stderr, "lockerctl: tap the new card on the station's reader (%ld s)...\n", secs);
-    return simple(ctl, "card.enroll",
+        fprintf(stderr, "lockerctl: %s (%ld s)...\n", prompt, secs);
+    return simple(ctl, cmd,
                   json_pack("{s:s,s:I}", "member", pos[0], "timeoutMs", (json_int_t)secs * 1000),
                   print_card);
 }
 
+static int cmd_card_enroll(struct ctl *ctl, int argc, char **argv)
+{
+    return wait_for_card(ctl, "card.enroll", "tap the new card on the station's reader", argc,
+                         argv);
+}
+
 static int cmd_card_issue(struct ctl *ctl, int argc, char **argv)
 {
-    static const char *const valued[] = {"--timeout", NULL};
-    char *pos[1] = {NULL};
-    int rc = expect(argc, argv, valued, NULL, pos, 1);
-    if (rc)
-        return rc;
-    bool bad = false;
-    long secs = 60;
-    const char *t = opt_value(argc, argv, "--timeout", &bad);
-    if (t && !parse_int(t, 1, 600, &secs))
-        return usage_error("--timeout takes 1 to 600 seconds, not '%s'", t);
-    if (!ctl->json)
-        fprintf(stderr,
-                "lockerctl: hold a factory-new DESFire card on the station's reader until "
-                "this says done (%ld s)...\n",
-                secs);
-    return simple(ctl, "card.issue",
-                  json_pack("{s:s,s:I}", "member", pos[0], "timeoutMs", (json_int_t)secs * 1000),
-                  print_card);
+    return wait_for_card(ctl, "card.issue",
+                         "hold a factory-new DESFire card on the station's reader until this "
+                         "says done",
+                         argc, argv);
 }
 
 static int cmd_card_revoke(struct ctl *ctl, int argc, char **argv)
