@@ -24,7 +24,7 @@ TMPFILESDIR    ?= $(call systemd_dir,tmpfilesdir,tmpfiles.d)
 
 CC         ?= cc
 PKG_CONFIG ?= pkg-config
-PKGS       := inih sqlite3 jansson libcrypto libsystemd libgpiod libnfc libfreefare
+PKGS       := inih sqlite3 jansson libcrypto libsystemd libgpiod libnfc libfreefare libcurl
 
 CFLAGS     ?= -O2 -g
 WARNFLAGS  := -std=c11 -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
@@ -57,7 +57,10 @@ DAEMON_SRCS := daemon/loop.c       \
                daemon/policy.c     \
                daemon/station.c    \
                daemon/report.c     \
-               daemon/control.c
+               daemon/control.c    \
+               daemon/sync.c       \
+               daemon/syncmsg.c    \
+               daemon/syncworker.c
 
 HAL_SRCS    := hal/hal.c           \
                hal/gpio_sim.c      \
@@ -76,7 +79,7 @@ BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
 
-.PHONY: all check check-vm check-deb unit scenario demo bench install clean format lint
+.PHONY: all check check-vm check-deb cityapi-check unit scenario demo bench install clean format lint
 all: $(BUILD)/lockerd $(BUILD)/lockerctl
 
 $(BUILD)/%.o: %.c
@@ -104,7 +107,7 @@ unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 check:
 	$(MAKE) BUILD=build-san SANITIZE=1 all unit-bins pn532-bins
 	$(MAKE) all # the plain build, for the valgrind test
-	$(MAKE) BUILD=build-san unit pn532-check scenario
+	$(MAKE) BUILD=build-san unit pn532-check cityapi-check scenario
 	tests/test_docs.sh build-san
 	tests/test_systemd.sh build
 
@@ -117,6 +120,14 @@ check-vm:
 # and purged, and booted under systemd in a VM (tests/test_deb.sh; root, the mirror).
 check-deb:
 	tests/test_deb.sh
+
+# The city API reference server's own tests, and docs/openapi.yaml against it. The
+# check uses Debian's python3, which sees the python3-yaml and python3-jsonschema
+# packages quickstart installs (a python3 earlier in PATH may not).
+DEBIAN_PYTHON ?= $(or $(wildcard /usr/bin/python3),python3)
+cityapi-check:
+	python3 -m unittest discover -s tests/cityapi -p 'test_*.py'
+	$(DEBIAN_PYTHON) tests/cityapi/check_openapi.py
 
 unit:
 	@set -e; for t in $(UNIT_TESTS); do echo "== unit: $$t"; $(BUILD)/tests/$$t; done

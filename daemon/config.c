@@ -43,6 +43,7 @@ enum section_kind {
     SEC_GPIO,
     SEC_POLICY,
     SEC_CONTROL,
+    SEC_API,
     SEC_COMPARTMENT,
 };
 #define N_FIXED_SECTIONS SEC_COMPARTMENT
@@ -59,6 +60,7 @@ enum value_type {
     VAL_READER_BACKEND,
     VAL_AUTH,
     VAL_AID, /* DESFire application id: exactly 6 hex digits */
+    VAL_URL, /* https://host[:port]/path, or empty */
     VAL_GPIO_BACKEND,
     VAL_CHIP,          /* gpiochip name, path or label; may be empty */
     VAL_GROUP,         /* a Unix group name; may be empty */
@@ -123,6 +125,17 @@ static const struct key_def keys[] = {
      0},
     {SEC_CONTROL, "technicians", VAL_USERS, CFG_VAL(technicians),
      offsetof(struct config, n_technicians), 0, 0},
+
+    /* An empty url keeps the station local: no worker process, no network. */
+    {SEC_API, "url", VAL_URL, CFG_STR(sync_url), 0, 0, 0},
+    {SEC_API, "ca", VAL_PATH, CFG_STR(sync_ca_file), 0, 0, 0},
+    {SEC_API, "cert", VAL_PATH, CFG_STR(sync_cert_file), 0, 0, 0},
+    {SEC_API, "key", VAL_PATH, CFG_STR(sync_key_file), 0, 0, 0},
+    /* Until the city's station config says otherwise (it may only be longer or
+     * shorter within 5 s .. 1 d, see docs/api.md). */
+    {SEC_API, "poll_interval", VAL_DURATION, CFG_VAL(sync_poll_ms), 0, 5 * MS_SEC, MS_DAY},
+    {SEC_API, "heartbeat_interval", VAL_DURATION, CFG_VAL(sync_heartbeat_ms), 0, 5 * MS_SEC,
+     MS_DAY},
 
     {SEC_COMPARTMENT, "lock", VAL_LINE_REQUIRED, COMP_VAL(lock), 0, 0, 0},
     {SEC_COMPARTMENT, "door", VAL_LINE_REQUIRED, COMP_VAL(door), 0, 0, 0},
@@ -215,6 +228,8 @@ static const char *section_name(enum section_kind kind)
         return "policy";
     case SEC_CONTROL:
         return "control";
+    case SEC_API:
+        return "api";
     case SEC_COMPARTMENT:
         return "compartment";
     }
@@ -560,6 +575,26 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
             return fail_at(p, p->lineno, "%s: expected sim or libnfc, got '%s'", def->name, value);
         return true;
     }
+    case VAL_URL: {
+        /* Only HTTPS: the link carries credentials and must be verified. */
+        const char *host = value + strlen("https://");
+        if (value[0] == '\0')
+            break;
+        if (strncmp(value, "https://", 8) != 0 || host[0] == '\0' || host[0] == '/' ||
+            strpbrk(value, " \t?#") != NULL)
+            return fail_at(p, p->lineno,
+                           "%s: expected https://host[:port]/path (no query), got '%s'", def->name,
+                           value);
+        if (strlen(value) >= def->size)
+            return fail_at(p, p->lineno, "%s: too long (at most %zu characters)", def->name,
+                           def->size - 1);
+        /* The worker appends "/stations/..."; a trailing slash would double it. */
+        set_str(field, def->size, value);
+        size_t n = strlen(field);
+        while (n > 8 && field[n - 1] == '/')
+            field[--n] = '\0';
+        return true;
+    }
     case VAL_AID: {
         size_t n = strlen(value);
         bool hex = n == 6;
@@ -871,6 +906,22 @@ static void derive_paths(struct parse *p)
             fail_at(p, key_line_of(p, SEC_STATION, "state_dir"),
                     "state_dir too long to derive key_file from it");
     }
+    static const struct {
+        const char *key, *file;
+        size_t offset;
+    } tls[] = {
+        {"ca", "tls/ca.pem", offsetof(struct config, sync_ca_file)},
+        {"cert", "tls/client.pem", offsetof(struct config, sync_cert_file)},
+        {"key", "tls/client.key", offsetof(struct config, sync_key_file)},
+    };
+    for (size_t i = 0; i < sizeof tls / sizeof tls[0]; i++) {
+        if (key_line_of(p, SEC_API, tls[i].key) != 0)
+            continue;
+        snprintf(buf, sizeof(buf), "%s/%s", cfg->state_dir, tls[i].file);
+        if (!set_str((char *)cfg + tls[i].offset, PATH_MAX, buf) || !fits_line(p, tls[i].key, buf))
+            fail_at(p, key_line_of(p, SEC_STATION, "state_dir"),
+                    "state_dir too long to derive %s from it", tls[i].key);
+    }
     if (key_line_of(p, SEC_CONTROL, "socket") == 0) {
         snprintf(buf, sizeof(buf), "%s/control.sock", cfg->runtime_dir);
         if (!set_str(cfg->socket_path, sizeof(cfg->socket_path), buf) ||
@@ -943,6 +994,15 @@ void config_defaults(struct config *cfg)
     cfg->return_grace_ms = 15 * MS_MIN;
     cfg->offline_max_age_ms = 72 * MS_HOUR;
     cfg->door_open_alarm_ms = 2 * MS_MIN;
+
+    snprintf(buf, sizeof(buf), "%s/tls/ca.pem", cfg->state_dir);
+    set_str(cfg->sync_ca_file, sizeof(cfg->sync_ca_file), buf);
+    snprintf(buf, sizeof(buf), "%s/tls/client.pem", cfg->state_dir);
+    set_str(cfg->sync_cert_file, sizeof(cfg->sync_cert_file), buf);
+    snprintf(buf, sizeof(buf), "%s/tls/client.key", cfg->state_dir);
+    set_str(cfg->sync_key_file, sizeof(cfg->sync_key_file), buf);
+    cfg->sync_poll_ms = 60 * MS_SEC;
+    cfg->sync_heartbeat_ms = 5 * MS_MIN;
 
     snprintf(buf, sizeof(buf), "%s/control.sock", cfg->runtime_dir);
     if (!set_str(cfg->socket_path, sizeof(cfg->socket_path), buf))
@@ -1023,6 +1083,7 @@ static void print_value(const struct key_def *def, const void *base, FILE *out)
     case VAL_CHIP:
     case VAL_GROUP:
     case VAL_AID:
+    case VAL_URL:
         fputs(field, out);
         break;
     case VAL_DURATION:
@@ -1072,6 +1133,7 @@ static bool value_empty(const struct key_def *def, const void *base)
     case VAL_CHIP:
     case VAL_GROUP:
     case VAL_AID:
+    case VAL_URL:
         return field[0] == '\0';
     case VAL_USERS:
         return *(const int *)(const void *)((const char *)base + def->count_offset) == 0;

@@ -91,6 +91,14 @@ struct config {
     char technicians[CONFIG_MAX_USERS][CONFIG_NAME_LEN];
     int n_technicians;
 
+    /* [api] the city's booking service (docs/api.md) */
+    char sync_url[256];            /* https://host/keystation/v1; empty = local station */
+    char sync_ca_file[PATH_MAX];   /* ca: CA of the city's server; STATE_DIR/tls/ca.pem */
+    char sync_cert_file[PATH_MAX]; /* cert: this station's certificate; .../client.pem */
+    char sync_key_file[PATH_MAX];  /* key: its private key (0600); .../client.key */
+    int64_t sync_poll_ms;          /* feeds polled at least this often; default 60s */
+    int64_t sync_heartbeat_ms;     /* status sent this often; default 5m */
+
     int n_compartments;
     struct compartment_cfg compartments[CONFIG_MAX_COMPARTMENTS]; /* sorted by number */
 };

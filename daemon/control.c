@@ -31,6 +31,7 @@
 #include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/report.h"
+#include "daemon/sync.h"
 #include "daemon/timeutil.h"
 
 #define LINE_MAX_BYTES    65536
@@ -68,6 +69,7 @@ struct control {
     struct loop *loop;
     struct station *st;
     struct store *store;
+    struct sync *sync;
     int fd;
     int watch;
     struct client *clients;
@@ -315,7 +317,10 @@ static json_t *cmd_status(struct client *cl, json_t *args, struct cmd_err *err)
 {
     (void)args;
     (void)err;
-    return station_status_json(cl->ctl->st);
+    json_t *r = station_status_json(cl->ctl->st);
+    if (r != NULL && cl->ctl->sync != NULL)
+        json_object_set_new(r, "sync", sync_status_json(cl->ctl->sync, true));
+    return r;
 }
 
 static json_t *cmd_events(struct client *cl, json_t *args, struct cmd_err *err)
@@ -874,18 +879,21 @@ static json_t *cmd_report(struct client *cl, json_t *args, struct cmd_err *err)
 static json_t *cmd_sync_status(struct client *cl, json_t *args, struct cmd_err *err)
 {
     (void)args;
-    (void)err;
-    return json_pack("{s:s,s:b,s:I,s:I,s:n,s:n,s:n}", "mode", "local", "configured", 0,
-                     "outboxDepth", (json_int_t)store_outbox_depth(cl->ctl->store), "deadLetters",
-                     (json_int_t)0, "cursor", "lastSuccess", "lastError");
+    json_t *r = cl->ctl->sync != NULL ? sync_status_json(cl->ctl->sync, false) : NULL;
+    return r ? r : fail(err, "internal_error", "sync status unavailable");
 }
 
+/* Starts a cycle and answers at once with its number: lockerctl waits for it in
+ * sync.status (the control socket never blocks on the network). */
 static json_t *cmd_sync_now(struct client *cl, json_t *args, struct cmd_err *err)
 {
-    (void)cl;
     (void)args;
-    return fail(err, "not_configured",
-                "this station has no city API configured; it runs on local bookings");
+    int64_t cycle = cl->ctl->sync != NULL ? sync_poll_now(cl->ctl->sync) : -1;
+    if (cycle < 0)
+        return fail(err, "not_configured",
+                    "this station has no city API configured ([sync] url); it runs on local "
+                    "bookings");
+    return json_pack("{s:I}", "cycle", (json_int_t)cycle);
 }
 
 /* ---- simulation ---- */
@@ -1329,4 +1337,9 @@ void control_free(struct control *ctl)
 void control_reconfigure(struct control *ctl, const struct config *cfg)
 {
     ctl->cfg = cfg;
+}
+
+void control_set_sync(struct control *ctl, struct sync *sy)
+{
+    ctl->sync = sy;
 }

@@ -26,6 +26,10 @@ struct control *control_new(const struct config *cfg, struct loop *loop, struct 
                             struct store *store, char *err, size_t errlen);
 /* Closes every client and removes the socket file. Accepts NULL. */
 void control_free(struct control *ctl);
+/* The city API link that `status`, `sync status` and `sync now` report on and drive
+ * (borrowed; set once after both exist). */
+struct sync;
+void control_set_sync(struct control *ctl, struct sync *sy);
 /* Takes over the role lists of a reloaded config (which must stay valid). */
 void control_reconfigure(struct control *ctl, const struct config *cfg);
 

@@ -29,6 +29,8 @@
 #include "daemon/loop.h"
 #include "daemon/station.h"
 #include "daemon/store.h"
+#include "daemon/sync.h"
+#include "daemon/syncworker.h"
 #include "daemon/timeutil.h"
 
 #define DEFAULT_CONFIG "/etc/lockerd/lockerd.conf"
@@ -41,6 +43,7 @@ struct daemon {
     struct loop *loop;
     struct station *station;
     struct control *control;
+    struct sync *sync;
     bool debug;          /* -d: stays in force across reloads */
     int64_t watchdog_ms; /* systemd watchdog ping interval; 0: no watchdog */
 };
@@ -146,6 +149,7 @@ static void on_reload(int signo, void *arg)
     log_set_level(d->debug ? LOG_LVL_DEBUG : next->log_level);
     station_reconfigure(d->station, next);
     control_reconfigure(d->control, next);
+    sync_reconfigure(d->sync, next);
     free(d->cfg);
     d->cfg = next;
     log_notice("configuration reloaded from %s", d->config_path);
@@ -201,6 +205,17 @@ int main(int argc, char **argv)
     int opt;
 
     memset(&d, 0, sizeof(d));
+    /* The sync worker and the sandbox probe are this binary in another role
+     * (sync.c execs it): nothing of the daemon's start-up runs for them. */
+    if (argc == 3 && strcmp(argv[1], "--sync-worker") == 0) {
+        char *end;
+        long fd = strtol(argv[2], &end, 10);
+        if (*end != '\0' || fd < 0 || fd > 1023)
+            return 2;
+        return syncworker_main((int)fd);
+    }
+    if (argc >= 2 && strcmp(argv[1], "--sandbox-probe") == 0)
+        return syncworker_probe(argc - 2, argv + 2);
     log_init("lockerd", LOG_LVL_INFO);
     while ((opt = getopt(argc, argv, "c:ndVh")) != -1) {
         switch (opt) {
@@ -276,7 +291,15 @@ int main(int argc, char **argv)
         station_free(d.station);
         fatalx("%s", err);
     }
+    d.sync = sync_new(d.cfg, d.loop, d.store, d.station, err, sizeof(err));
+    if (!d.sync) {
+        control_free(d.control);
+        station_free(d.station);
+        fatalx("%s", err);
+    }
+    control_set_sync(d.control, d.sync);
     if (station_start(d.station) != 0) {
+        sync_free(d.sync);
         control_free(d.control);
         station_free(d.station);
         fatalx("cannot record the start in the database");
@@ -297,6 +320,7 @@ int main(int argc, char **argv)
     signal(SIGINT, SIG_IGN);
 
     station_mark_clean_shutdown(d.station);
+    sync_free(d.sync);
     control_free(d.control);
     station_free(d.station); /* every lock line inactive */
     store_close(d.store);

@@ -10,6 +10,7 @@
  */
 #include "daemon/policy.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "daemon/log.h"
@@ -69,11 +70,24 @@ static void refuse(struct decision *d, enum refusal r)
     d->reason = r;
 }
 
+/* When the station last read a city feed to its end (sync.c records it): from
+ * then on, every record of that feed is known to be current, however long ago it
+ * last changed. 0 if never. */
+static int64_t feed_confirmed(struct store *store, const char *key)
+{
+    char buf[32];
+    if (store_meta_get(store, key, buf, sizeof buf) != STORE_OK)
+        return 0;
+    return strtoll(buf, NULL, 10);
+}
+
 /* City data is trusted only while it is fresh: an offline station must not keep
  * honouring a card the city revoked days ago. Local data has no age. */
-static bool stale(const char *source, int64_t synced_at_ms, const struct config *cfg, int64_t now)
+static bool stale(const char *source, int64_t synced_at_ms, int64_t confirmed_ms,
+                  const struct config *cfg, int64_t now)
 {
-    return strcmp(source, "city") == 0 && now - synced_at_ms > cfg->offline_max_age_ms;
+    int64_t fresh = synced_at_ms > confirmed_ms ? synced_at_ms : confirmed_ms;
+    return strcmp(source, "city") == 0 && now - fresh > cfg->offline_max_age_ms;
 }
 
 static bool in_list(const char *id, char list[][STORE_ID_LEN], int n)
@@ -150,7 +164,8 @@ static void decide_pickup(const struct config *cfg, struct store *store, char cl
             why = REFUSE_BUSY;
         else if (!c->key_present)
             why = REFUSE_KEY_ALREADY_OUT;
-        else if (stale(b->source, b->synced_at_ms, cfg, now))
+        else if (stale(b->source, b->synced_at_ms,
+                       feed_confirmed(store, STORE_META_CONFIRMED_RESERVATIONS), cfg, now))
             why = REFUSE_DATA_TOO_OLD;
 
         if (why == REFUSE_NONE) {
@@ -206,8 +221,13 @@ void policy_decide(const struct config *cfg, struct store *store, const uint8_t 
     }
     d->have_credential = true;
 
+    /* A credential from the city says which clubs it may hold keys for; a local
+     * one holds them for every club of its member. */
     char clubs[MAX_CLUBS][STORE_ID_LEN];
-    int nclubs = store_member_clubs(store, d->member.id, clubs, MAX_CLUBS);
+    bool scoped;
+    int nclubs = store_credential_clubs(store, d->credential.id, clubs, MAX_CLUBS, &scoped);
+    if (nclubs >= 0 && !scoped)
+        nclubs = store_member_clubs(store, d->member.id, clubs, MAX_CLUBS);
     if (nclubs < 0) {
         refuse(d, REFUSE_INTERNAL);
         return;
@@ -240,7 +260,8 @@ void policy_decide(const struct config *cfg, struct store *store, const uint8_t 
         refuse(d, REFUSE_EXPIRED);
         return;
     }
-    if (stale(cr->source, cr->synced_at_ms, cfg, now)) {
+    if (stale(cr->source, cr->synced_at_ms, feed_confirmed(store, STORE_META_CONFIRMED_CREDENTIALS),
+              cfg, now)) {
         refuse(d, REFUSE_DATA_TOO_OLD);
         return;
     }

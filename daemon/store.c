@@ -165,6 +165,22 @@ static const struct migration migrations[] = {
         "          OR NEW.credential_id = '" STORE_ERASED_ID "')"
         "  BEGIN SELECT RAISE(ABORT, 'events may only be erased'); END;",
     },
+    /* 3: city sync. A credential from the city names the clubs it may hold keys
+     * for (NULL for a local credential: the member's clubs count); events the city
+     * refused for good are kept as dead letters. */
+    {
+        "ALTER TABLE credentials ADD COLUMN clubs TEXT;"
+        "CREATE INDEX credentials_source ON credentials (source, synced_at);"
+        "CREATE INDEX bookings_source ON bookings (source, synced_at);"
+        "CREATE TABLE dead_letters ("
+        "  seq INTEGER PRIMARY KEY,"
+        "  event_id TEXT NOT NULL,"
+        "  http INTEGER NOT NULL,"
+        "  error TEXT NOT NULL,"
+        "  at_ms INTEGER NOT NULL);",
+        NULL,
+        NULL,
+    },
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -260,6 +276,21 @@ enum query {
     Q_ERASE_MEMBER,
     Q_ERASED_COUNT,
     Q_REPORT,
+    Q_CRED_CLUBS,
+    Q_CRED_DELETE,
+    Q_CITY_CLUB,
+    Q_CITY_MEMBER,
+    Q_CITY_CRED_DUP,
+    Q_CITY_CRED_UPSERT,
+    Q_CITY_CRED_DELETE,
+    Q_CITY_RES_CANCEL,
+    Q_CITY_BOOKING_UPSERT,
+    Q_CITY_SWEEP_BOOKINGS,
+    Q_CITY_SWEEP_CREDS,
+    Q_OUTBOX_EVENTS,
+    Q_OUTBOX_ACK,
+    Q_DEAD_ADD,
+    Q_DEAD_COUNT,
     Q_COUNT
 };
 
@@ -364,6 +395,43 @@ static const char *const query_sql[Q_COUNT] = {
                  " ON co.booking_id = b.id AND co.type = 'key.checkedOut'"
                  " WHERE b.start_ms >= ?1 AND b.start_ms < ?2"
                  " ORDER BY b.start_ms, b.id, co.seq",
+    [Q_CRED_CLUBS] = "SELECT clubs FROM credentials WHERE id = ?1",
+    [Q_CRED_DELETE] = "DELETE FROM credentials WHERE id = ?1",
+    /* A club named by the city: an empty name never replaces a known one. */
+    [Q_CITY_CLUB] = "INSERT INTO clubs (id, name) VALUES (?1, CASE WHEN ?2 = '' THEN ?1 ELSE ?2"
+                    " END) ON CONFLICT (id) DO UPDATE SET name = excluded.name WHERE ?2 <> ''",
+    [Q_CITY_MEMBER] = "INSERT INTO members (id, name, role) VALUES (?1, ?2, 'member')"
+                      " ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+    [Q_CITY_CRED_DUP] = "SELECT id, source FROM credentials WHERE uid_hmac = ?1 AND id <> ?2",
+    /* A local credential with the same id is never overwritten by the network. */
+    [Q_CITY_CRED_UPSERT] =
+        "INSERT INTO credentials (" CRED_COLS ", clubs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7,"
+        " 'city', ?8, ?9) ON CONFLICT (id) DO UPDATE SET member_id = excluded.member_id,"
+        " uid_hmac = excluded.uid_hmac, card_type = excluded.card_type,"
+        " valid_from = excluded.valid_from, valid_until = excluded.valid_until,"
+        " status = excluded.status, synced_at = excluded.synced_at, clubs = excluded.clubs"
+        " WHERE credentials.source = 'city'",
+    [Q_CITY_CRED_DELETE] = "DELETE FROM credentials WHERE id = ?1 AND source = 'city'",
+    /* Every booking row of a reservation: "r-881", or "r-881@2", "r-881@3" when it
+     * covers several compartments. */
+    [Q_CITY_RES_CANCEL] = "UPDATE bookings SET status = 'cancelled', synced_at = ?2"
+                          " WHERE source = 'city' AND (id = ?1"
+                          " OR substr(id, 1, length(?1) + 1) = ?1 || '@')",
+    [Q_CITY_BOOKING_UPSERT] =
+        "INSERT INTO bookings (" BOOKING_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'city', 0, ?7)"
+        " ON CONFLICT (id) DO UPDATE SET club_id = excluded.club_id,"
+        " compartment = excluded.compartment, start_ms = excluded.start_ms,"
+        " end_ms = excluded.end_ms, status = excluded.status, synced_at = excluded.synced_at"
+        " WHERE bookings.source = 'city'",
+    [Q_CITY_SWEEP_BOOKINGS] = "UPDATE bookings SET status = 'cancelled' WHERE source = 'city'"
+                              " AND synced_at < ?1 AND status = 'active'",
+    [Q_CITY_SWEEP_CREDS] = "DELETE FROM credentials WHERE source = 'city' AND synced_at < ?1",
+    [Q_OUTBOX_EVENTS] = "SELECT " EVENT_ALL_COLS " FROM events WHERE seq IN"
+                        " (SELECT seq FROM outbox ORDER BY seq LIMIT ?1) ORDER BY seq",
+    [Q_OUTBOX_ACK] = "DELETE FROM outbox WHERE seq = (SELECT seq FROM events WHERE event_id = ?1)",
+    [Q_DEAD_ADD] = "INSERT OR REPLACE INTO dead_letters (seq, event_id, http, error, at_ms)"
+                   " SELECT seq, event_id, ?2, ?3, ?4 FROM events WHERE event_id = ?1",
+    [Q_DEAD_COUNT] = "SELECT count(*) FROM dead_letters",
 };
 
 struct store {
@@ -378,6 +446,9 @@ struct store {
     int64_t tx_seq;
     uint8_t tx_hash[STORE_HASH_LEN];
     char boot_id[40];
+    bool appended; /* an event was added in the open transaction */
+    void (*append_hook)(void *arg);
+    void *append_arg;
     EVP_MD *sha256;
     EVP_MD_CTX *md;
 };
@@ -767,7 +838,13 @@ int store_commit(struct store *s)
             sqlite3_reset(st);
         }
         restore_chain_head(s);
+        s->appended = false;
         return STORE_ERR;
+    }
+    if (s->appended) {
+        s->appended = false;
+        if (s->append_hook != NULL)
+            s->append_hook(s->append_arg);
     }
     return STORE_OK;
 }
@@ -787,6 +864,7 @@ void store_rollback(struct store *s)
             sqlite3_reset(st);
         }
         restore_chain_head(s);
+        s->appended = false;
         s->doomed = true;
     }
     s->depth--;
@@ -1482,6 +1560,7 @@ int64_t store_event_add(struct store *s, const struct event *ev)
 
     s->last_seq = seq;
     memcpy(s->last_hash, hash, STORE_HASH_LEN);
+    s->appended = true;
     if (store_commit(s) != STORE_OK)
         return STORE_ERR;
     return seq;
@@ -2309,4 +2388,211 @@ int store_report_scan(struct store *s, int64_t from_ms, int64_t to_ms,
         ret = db_error(s, "report");
     sqlite3_reset(st);
     return ret;
+}
+
+/* ---- city sync ---- */
+
+/* A city club id with its name ("" when the feed did not give one). */
+static int city_club(struct store *s, const char *id, const char *name)
+{
+    sqlite3_stmt *st = stmt(s, Q_CITY_CLUB);
+    if (!bind_text(st, 1, id) || !bind_text(st, 2, name))
+        return db_error(s, "city club");
+    return step_write(s, st, "city club", false);
+}
+
+int store_city_reservation_apply(struct store *s, const struct city_reservation *r, int64_t now_ms)
+{
+    if (store_begin(s) != STORE_OK)
+        return STORE_ERR;
+    /* Cancel every row of the reservation first, then (re)activate the compartments
+     * it covers now: a move to other compartments leaves no stale row behind. */
+    sqlite3_stmt *st = stmt(s, Q_CITY_RES_CANCEL);
+    if (!bind_text(st, 1, r->id) || !bind_int(st, 2, now_ms) ||
+        step_write(s, st, "reservation cancel", false) != STORE_OK)
+        goto err;
+    if (!r->deleted) {
+        if (city_club(s, r->club_id, r->club_name) != STORE_OK)
+            goto err;
+        for (int i = 0; i < r->ncompartments; i++) {
+            char id[STORE_ID_LEN + 8];
+            if (r->ncompartments == 1)
+                snprintf(id, sizeof id, "%s", r->id);
+            else
+                snprintf(id, sizeof id, "%s@%d", r->id, r->compartments[i]);
+            st = stmt(s, Q_CITY_BOOKING_UPSERT);
+            if (!bind_text(st, 1, id) || !bind_text(st, 2, r->club_id) ||
+                !bind_int(st, 3, r->compartments[i]) || !bind_int(st, 4, r->start_ms) ||
+                !bind_int(st, 5, r->end_ms) ||
+                !bind_text(st, 6, r->cancelled ? "cancelled" : "active") ||
+                !bind_int(st, 7, now_ms))
+                goto err;
+            int rc = step_write(s, st, "reservation upsert", false);
+            if (rc != STORE_OK)
+                goto err;
+            if (sqlite3_changes(s->db) == 0)
+                log_warnx("store: city reservation %s: a local booking has that id; kept the "
+                          "local one",
+                          id);
+        }
+    }
+    return store_commit(s);
+err:
+    store_rollback(s);
+    return STORE_ERR;
+}
+
+int store_city_credential_apply(struct store *s, const struct city_credential *c, int64_t now_ms)
+{
+    if (store_begin(s) != STORE_OK)
+        return STORE_ERR;
+    sqlite3_stmt *st;
+    if (c->deleted) {
+        st = stmt(s, Q_CITY_CRED_DELETE);
+        if (!bind_text(st, 1, c->id) || step_write(s, st, "credential delete", false) != STORE_OK)
+            goto err;
+        return store_commit(s);
+    }
+    /* One card, one credential: the city's is authoritative for cards it issued, so
+     * an older credential of the same card gives way (logged: it may be local). */
+    st = stmt(s, Q_CITY_CRED_DUP);
+    if (!bind_blob(st, 1, c->uid_hmac, STORE_HMAC_LEN) || !bind_text(st, 2, c->id))
+        goto err;
+    char dup[STORE_ID_LEN] = "", dup_source[16] = "";
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        col_str(st, 0, dup, sizeof dup);
+        col_str(st, 1, dup_source, sizeof dup_source);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        goto err;
+    if (dup[0] != '\0') {
+        log_warnx("store: city credential %s is for the card of %s credential %s: replaced it",
+                  c->id, dup_source, dup);
+        st = stmt(s, Q_CRED_DELETE);
+        if (!bind_text(st, 1, dup) || step_write(s, st, "credential delete", false) != STORE_OK)
+            goto err;
+    }
+    json_t *clubs = json_array();
+    for (int i = 0; i < c->nclubs && clubs != NULL; i++) {
+        if (city_club(s, c->clubs[i], "") != STORE_OK) {
+            json_decref(clubs);
+            goto err;
+        }
+        json_array_append_new(clubs, json_string(c->clubs[i]));
+    }
+    char *clubs_text = clubs != NULL ? json_dumps(clubs, JSON_COMPACT) : NULL;
+    json_decref(clubs);
+    if (clubs_text == NULL)
+        goto err;
+    st = stmt(s, Q_CITY_MEMBER);
+    bool ok = bind_text(st, 1, c->member_id) && bind_text(st, 2, c->member_name) &&
+              step_write(s, st, "city member", false) == STORE_OK;
+    st = stmt(s, Q_CITY_CRED_UPSERT);
+    ok = ok && bind_text(st, 1, c->id) && bind_text(st, 2, c->member_id) &&
+         bind_blob(st, 3, c->uid_hmac, STORE_HMAC_LEN) && bind_text(st, 4, c->card_type) &&
+         bind_int(st, 5, c->valid_from_ms) && bind_int(st, 6, c->valid_until_ms) &&
+         bind_text(st, 7, cred_status_name(c->status)) && bind_int(st, 8, now_ms) &&
+         bind_text(st, 9, clubs_text);
+    rc = ok ? step_write(s, st, "city credential", false) : STORE_ERR;
+    free(clubs_text);
+    if (rc != STORE_OK)
+        goto err;
+    if (sqlite3_changes(s->db) == 0)
+        log_warnx("store: city credential %s: a local credential has that id; kept the local one",
+                  c->id);
+    return store_commit(s);
+err:
+    store_rollback(s);
+    return STORE_ERR;
+}
+
+int store_city_sweep(struct store *s, bool credentials, int64_t before_ms)
+{
+    sqlite3_stmt *st = stmt(s, credentials ? Q_CITY_SWEEP_CREDS : Q_CITY_SWEEP_BOOKINGS);
+    if (!bind_int(st, 1, before_ms))
+        return db_error(s, "city sweep");
+    if (write_one(s, st, "city sweep", false) != STORE_OK)
+        return STORE_ERR;
+    return sqlite3_changes(s->db);
+}
+
+int store_credential_clubs(struct store *s, const char *credential_id, char clubs[][STORE_ID_LEN],
+                           int max, bool *scoped)
+{
+    *scoped = false;
+    sqlite3_stmt *st = stmt(s, Q_CRED_CLUBS);
+    if (!bind_text(st, 1, credential_id))
+        return db_error(s, "credential clubs");
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return rc == SQLITE_DONE ? 0 : db_error(s, "credential clubs");
+    }
+    int n = 0;
+    if (sqlite3_column_type(st, 0) != SQLITE_NULL) {
+        *scoped = true;
+        json_t *arr = json_loads((const char *)sqlite3_column_text(st, 0), 0, NULL);
+        size_t i;
+        json_t *v;
+        json_array_foreach(arr, i, v)
+        {
+            if (n < max && json_is_string(v))
+                snprintf(clubs[n++], STORE_ID_LEN, "%s", json_string_value(v));
+        }
+        /* Unreadable: the credential opens nothing (fail secure). */
+        json_decref(arr);
+    }
+    sqlite3_reset(st);
+    return n;
+}
+
+json_t *store_outbox_json(struct store *s, int limit)
+{
+    sqlite3_stmt *st = stmt(s, Q_OUTBOX_EVENTS);
+    if (!bind_int(st, 1, limit)) {
+        db_error(s, "outbox list");
+        return NULL;
+    }
+    return events_array(s, st, "outbox list");
+}
+
+int store_outbox_ack(struct store *s, const char *event_id)
+{
+    sqlite3_stmt *st = stmt(s, Q_OUTBOX_ACK);
+    if (!bind_text(st, 1, event_id))
+        return db_error(s, "outbox ack");
+    return step_write(s, st, "outbox ack", true);
+}
+
+int store_outbox_dead(struct store *s, const char *event_id, int http, const char *error,
+                      int64_t now_ms)
+{
+    if (store_begin(s) != STORE_OK)
+        return STORE_ERR;
+    sqlite3_stmt *st = stmt(s, Q_DEAD_ADD);
+    if (!bind_text(st, 1, event_id) || !bind_int(st, 2, http) || !bind_text(st, 3, error) ||
+        !bind_int(st, 4, now_ms) || step_write(s, st, "dead letter", true) != STORE_OK ||
+        store_outbox_ack(s, event_id) == STORE_ERR) {
+        store_rollback(s);
+        return STORE_ERR;
+    }
+    return store_commit(s);
+}
+
+int64_t store_dead_letter_count(struct store *s)
+{
+    return query_int(s, stmt(s, Q_DEAD_COUNT), "dead letters");
+}
+
+void store_set_append_hook(struct store *s, void (*fn)(void *arg), void *arg)
+{
+    s->append_hook = fn;
+    s->append_arg = arg;
+}
+
+const char *store_boot_id(const struct store *s)
+{
+    return s->boot_id;
 }

@@ -265,6 +265,76 @@ struct report_row {
 int store_report_scan(struct store *s, int64_t from_ms, int64_t to_ms,
                       bool (*fn)(const struct report_row *row, void *arg), void *arg);
 
+/* ---- city sync (daemon/sync.c) ----
+ *
+ * Records from the city's feeds, already validated by the caller. Each apply runs in
+ * the caller's transaction if there is one (sync.c applies a whole feed page and its
+ * cursor in one), and stamps synced_at with now_ms. Records from the city never
+ * replace a local record with the same id (logged). */
+
+/* Meta keys: when a feed was last read to its last page (UTC ms, decimal). */
+#define STORE_META_CONFIRMED_RESERVATIONS "sync.confirmed.reservations"
+#define STORE_META_CONFIRMED_CREDENTIALS  "sync.confirmed.credentials"
+
+#define CITY_MAX_CLUBS        16
+#define CITY_MAX_COMPARTMENTS 32
+
+struct city_reservation {
+    char id[STORE_ID_LEN];
+    bool deleted; /* a tombstone: the reservation left this station's feed */
+    char club_id[STORE_ID_LEN];
+    char club_name[128];
+    int64_t start_ms, end_ms;
+    int compartments[CITY_MAX_COMPARTMENTS];
+    int ncompartments;
+    bool cancelled;
+};
+
+struct city_credential {
+    char id[STORE_ID_LEN];
+    bool deleted;
+    uint8_t uid_hmac[STORE_HMAC_LEN];
+    char card_type[16];
+    char member_id[STORE_ID_LEN];
+    char member_name[128];
+    char clubs[CITY_MAX_CLUBS][STORE_ID_LEN];
+    int nclubs;
+    int64_t valid_from_ms, valid_until_ms; /* 0 = open */
+    enum credential_status status;
+};
+
+/* A reservation becomes one booking per compartment: id "r-1" when it covers one,
+ * "r-1@2", "r-1@3" when several. A tombstone or a cancellation marks its bookings
+ * cancelled (they stay for the booked-versus-used report). */
+int store_city_reservation_apply(struct store *s, const struct city_reservation *r, int64_t now_ms);
+/* Upserts the member (name), the clubs and the credential (with its clubs, which
+ * then decide what it may open: store_credential_clubs); a tombstone deletes the
+ * credential. Another credential of the same card gives way. */
+int store_city_credential_apply(struct store *s, const struct city_credential *c, int64_t now_ms);
+/* After a full resync (the server said 410 to the cursor): city records of the feed
+ * not confirmed since before_ms are gone from the server: bookings are cancelled,
+ * credentials deleted. Returns how many, or STORE_ERR. */
+int store_city_sweep(struct store *s, bool credentials, int64_t before_ms);
+/* The clubs a credential may hold keys for. *scoped is false for a credential
+ * without its own list (local ones: the member's clubs count). Count or STORE_ERR. */
+int store_credential_clubs(struct store *s, const char *credential_id, char clubs[][STORE_ID_LEN],
+                           int max, bool *scoped);
+
+/* The oldest events still in the outbox, at most limit, as store_events_json. */
+json_t *store_outbox_json(struct store *s, int limit);
+/* The city has the event: drop it from the outbox. NOTFOUND if it was not there. */
+int store_outbox_ack(struct store *s, const char *event_id);
+/* The city refused the event for good: moved from the outbox to the dead letters. */
+int store_outbox_dead(struct store *s, const char *event_id, int http, const char *error,
+                      int64_t now_ms);
+int64_t store_dead_letter_count(struct store *s);
+
+/* fn(arg) is called after each commit that made new events durable (the outbox
+ * has work); it must not write to the store from inside the call. */
+void store_set_append_hook(struct store *s, void (*fn)(void *arg), void *arg);
+/* The kernel's boot id, as stamped on events. */
+const char *store_boot_id(const struct store *s);
+
 /* Copies the WAL into the database file and truncates the WAL. lockerd calls it
  * when the station is idle, so that the occasional checkpoint never lands on a
  * tap. No-op inside a transaction. */

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -1081,26 +1082,106 @@ static int cmd_report(struct ctl *ctl, int argc, char **argv)
 
 /* ------------------------------------------------------------ sync */
 
+static void print_when(const char *label, json_t *v)
+{
+    const char *s = json_string_value(v);
+    printf("%-22s %s\n", label, s ? s : "never");
+}
+
 static void print_sync(json_t *r)
 {
     printf("mode: %s\noutbox: %lld events\ndead letters: %lld\n",
            json_string_value(json_object_get(r, "mode")),
            (long long)json_integer_value(json_object_get(r, "outboxDepth")),
            (long long)json_integer_value(json_object_get(r, "deadLetters")));
-    if (!json_is_true(json_object_get(r, "configured")))
+    if (!json_is_true(json_object_get(r, "configured"))) {
         printf("no city API configured: this station runs on local bookings\n");
+        return;
+    }
+    printf("url: %s\n", json_string_value(json_object_get(r, "url")));
+    json_t *w = json_object_get(r, "worker");
+    printf("worker: %s (restarts %lld)\n",
+           json_is_true(json_object_get(w, "running")) ? "running" : "not running",
+           (long long)json_integer_value(json_object_get(w, "restarts")));
+    if (json_is_true(json_object_get(r, "halted")))
+        printf("HALTED: uploads stopped until `lockerctl sync now`\n");
+    print_when("last success:", json_object_get(r, "lastSuccess"));
+    json_t *e = json_object_get(r, "lastError");
+    if (json_is_object(e))
+        printf("%-22s %s: %s\n", "last error:", json_string_value(json_object_get(e, "op")),
+               json_string_value(json_object_get(e, "message")));
+    json_t *cur = json_object_get(r, "cursor"), *conf = json_object_get(r, "confirmed");
+    static const char *const feeds[] = {"reservations", "credentials"};
+    for (int i = 0; i < 2; i++) {
+        const char *c = json_string_value(json_object_get(cur, feeds[i]));
+        printf("%s cursor: %s\n", feeds[i], c ? c : "(from the start)");
+        char label[40];
+        snprintf(label, sizeof label, "%s complete:", feeds[i]);
+        print_when(label, json_object_get(conf, feeds[i]));
+    }
 }
 
 static int cmd_sync_status(struct ctl *ctl, int argc, char **argv)
 {
     int rc = expect(argc, argv, NULL, NULL, NULL, 0);
-    return rc ? rc : simple(ctl, "sync.status", NULL, print_sync);
+    if (rc)
+        return rc;
+    use_station_timezone(ctl);
+    return simple(ctl, "sync.status", NULL, print_sync);
 }
 
+/* Asks for a cycle, then watches sync.status until the station reports it done: the
+ * daemon never holds a control request open on the network. */
 static int cmd_sync_now(struct ctl *ctl, int argc, char **argv)
 {
-    int rc = expect(argc, argv, NULL, NULL, NULL, 0);
-    return rc ? rc : simple(ctl, "sync.now", NULL, NULL);
+    static const char *const valued[] = {"--timeout", NULL};
+    int rc = expect(argc, argv, valued, NULL, NULL, 0);
+    if (rc)
+        return rc;
+    bool bad = false;
+    long secs = 60;
+    const char *t = opt_value(argc, argv, "--timeout", &bad);
+    if (t && !parse_int(t, 1, 3600, &secs))
+        return usage_error("--timeout takes 1 to 3600 seconds, not '%s'", t);
+    json_t *reply, *result;
+    rc = call(ctl, "sync.now", NULL, &reply, &result);
+    if (rc) {
+        json_decref(reply);
+        return rc;
+    }
+    json_int_t cycle = json_integer_value(json_object_get(result, "cycle"));
+    json_decref(reply);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        rc = call(ctl, "sync.status", NULL, &reply, &result);
+        if (rc) {
+            json_decref(reply);
+            return rc;
+        }
+        json_t *c = json_object_get(result, "cycle");
+        if (json_integer_value(json_object_get(c, "done")) >= cycle) {
+            bool ok = json_is_true(json_object_get(c, "ok"));
+            if (ctl->json) {
+                print_json(result);
+            } else {
+                use_station_timezone(ctl);
+                printf("sync %s\n", ok ? "complete" : "FAILED");
+                print_sync(result);
+            }
+            json_decref(reply);
+            return ok ? 0 : EXIT_REFUSED;
+        }
+        json_decref(reply);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - start.tv_sec >= secs) {
+            fprintf(stderr, "lockerctl: sync cycle %lld did not finish within %ld s\n",
+                    (long long)cycle, secs);
+            return EXIT_REFUSED;
+        }
+        struct timespec tick = {0, 50 * 1000 * 1000};
+        nanosleep(&tick, NULL);
+    }
 }
 
 /* ------------------------------------------------------------ simulation */
@@ -1275,7 +1356,8 @@ static const struct cmd commands[] = {
     {"report", NULL, "[--from DATE] [--to DATE] [--csv] [--svg FILE]",
      "booked versus used per hall, compartment, club and week (default: the last 4 weeks)",
      cmd_report},
-    {"sync", "now", "", "synchronise with the city API now", cmd_sync_now},
+    {"sync", "now", "[--timeout S]", "synchronise with the city API now and wait for the result",
+     cmd_sync_now},
     {"sync", "status", "", "cursor, last success and error, outbox depth, dead letters",
      cmd_sync_status},
     {"sim", "tap", "UID [--card desfire|uid|clone]",

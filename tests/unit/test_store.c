@@ -1178,11 +1178,14 @@ static void test_erase(void **state)
     assert_non_null(strstr(why, "erased"));
 }
 
-/* Turns a fresh version-2 database back into version 1 as it was shipped: no subject
- * columns, the old trigger, hashes in the old encoding. */
+/* Turns a fresh database of the current version back into version 1 as it was
+ * shipped: none of version 3's sync tables, no subject columns, the old trigger,
+ * hashes in the old encoding. */
 static void downgrade_to_v1(const char *path, bool break_row_2)
 {
     sqlite3 *db = raw_open(path);
+    raw_exec(db, "DROP TABLE dead_letters; DROP INDEX credentials_source;"
+                 "DROP INDEX bookings_source; ALTER TABLE credentials DROP COLUMN clubs;");
     raw_exec(db, "DROP TRIGGER events_append_only; DROP TRIGGER events_erase_only;"
                  "DROP INDEX events_booking; DROP INDEX events_returns; DROP INDEX bookings_start;"
                  "ALTER TABLE events DROP COLUMN subject_salt;"
@@ -1243,7 +1246,7 @@ static void migrate_from_v1(struct fixture *f, bool broken)
     if (f->s == NULL)
         fail_msg("open after downgrade: %s", err);
     sqlite3 *db = raw_open(f->path);
-    assert_int_equal(raw_int(db, "PRAGMA user_version"), 2);
+    assert_int_equal(raw_int(db, "PRAGMA user_version"), 3);
     char old[80];
     raw_text(db, "SELECT hex(hash) FROM events WHERE seq = 3", old, sizeof old);
     sqlite3_close(db);
@@ -1283,6 +1286,149 @@ static void test_migrate_v1_broken(void **state)
     migrate_from_v1(*state, true);
 }
 
+/* City records: upsert, several compartments, move, tombstones, local records
+ * untouched, the credential's own clubs, the sweep after a full resync. */
+static void test_city_records(void **state)
+{
+    struct fixture *f = *state;
+    struct city_reservation r = {.id = "r-1",
+                                 .club_id = "club-42",
+                                 .club_name = "SV",
+                                 .start_ms = 1000,
+                                 .end_ms = 2000,
+                                 .compartments = {2},
+                                 .ncompartments = 1};
+    assert_int_equal(store_city_reservation_apply(f->s, &r, 10), STORE_OK);
+    struct booking b;
+    assert_int_equal(store_booking_get(f->s, "r-1", &b), STORE_OK);
+    assert_int_equal(b.compartment, 2);
+    assert_string_equal(b.source, "city");
+    struct club c;
+    assert_int_equal(store_club_get(f->s, "club-42", &c), STORE_OK);
+    assert_string_equal(c.name, "SV");
+
+    /* Moved to two compartments: "r-1" is cancelled, r-1@1 and r-1@3 are active. */
+    r.compartments[0] = 1;
+    r.compartments[1] = 3;
+    r.ncompartments = 2;
+    r.start_ms = 3000;
+    r.end_ms = 4000;
+    assert_int_equal(store_city_reservation_apply(f->s, &r, 20), STORE_OK);
+    assert_int_equal(store_booking_get(f->s, "r-1", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_CANCELLED);
+    assert_int_equal(store_booking_get(f->s, "r-1@3", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_ACTIVE);
+    assert_int_equal(b.start_ms, 3000);
+
+    /* A local booking with a city id is never replaced. */
+    struct booking local = {.id = "r-9",
+                            .club_id = "club-1",
+                            .compartment = 4,
+                            .start_ms = 5000,
+                            .end_ms = 6000,
+                            .source = "local"};
+    assert_int_equal(store_booking_add(f->s, &local), STORE_OK);
+    struct city_reservation r9 = {.id = "r-9",
+                                  .club_id = "club-42",
+                                  .start_ms = 1,
+                                  .end_ms = 2,
+                                  .compartments = {1},
+                                  .ncompartments = 1};
+    assert_int_equal(store_city_reservation_apply(f->s, &r9, 20), STORE_OK);
+    assert_int_equal(store_booking_get(f->s, "r-9", &b), STORE_OK);
+    assert_string_equal(b.source, "local");
+    assert_int_equal(b.compartment, 4);
+
+    /* Tombstone. */
+    struct city_reservation gone = {.id = "r-1", .deleted = true};
+    assert_int_equal(store_city_reservation_apply(f->s, &gone, 30), STORE_OK);
+    assert_int_equal(store_booking_get(f->s, "r-1@1", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_CANCELLED);
+
+    /* Credentials with their clubs; a second credential of the same card wins. */
+    struct city_credential cr = {.id = "cred-1",
+                                 .card_type = "desfire",
+                                 .member_id = "m-5",
+                                 .member_name = "A. Trainer",
+                                 .clubs = {"club-42", "club-7"},
+                                 .nclubs = 2,
+                                 .status = CRED_ACTIVE};
+    hmac_fill(cr.uid_hmac, 9);
+    assert_int_equal(store_city_credential_apply(f->s, &cr, 40), STORE_OK);
+    char clubs[4][STORE_ID_LEN];
+    bool scoped = false;
+    assert_int_equal(store_credential_clubs(f->s, "cred-1", clubs, 4, &scoped), 2);
+    assert_true(scoped);
+    assert_string_equal(clubs[1], "club-7");
+    struct member m;
+    assert_int_equal(store_member_get(f->s, "m-5", &m), STORE_OK);
+    assert_string_equal(m.name, "A. Trainer");
+    struct city_credential cr2 = cr;
+    snprintf(cr2.id, sizeof cr2.id, "cred-2");
+    cr2.nclubs = 0;
+    assert_int_equal(store_city_credential_apply(f->s, &cr2, 50), STORE_OK);
+    struct credential got;
+    assert_int_equal(store_credential_by_hmac(f->s, cr.uid_hmac, &got), STORE_OK);
+    assert_string_equal(got.id, "cred-2");
+    assert_int_equal(store_credential_clubs(f->s, "cred-2", clubs, 4, &scoped), 0);
+    assert_true(scoped); /* an empty list opens nothing */
+
+    /* A full resync confirmed only what it saw after 45: cred-2 stays, r-1@3 and
+     * r-9's city twin do not exist, r-1@1 was cancelled already. */
+    assert_int_equal(store_city_sweep(f->s, true, 45), 0);
+    assert_int_equal(store_city_sweep(f->s, false, 45), 0);
+    r.ncompartments = 1;
+    r.compartments[0] = 2;
+    snprintf(r.id, sizeof r.id, "r-2");
+    assert_int_equal(store_city_reservation_apply(f->s, &r, 60), STORE_OK);
+    assert_int_equal(store_city_sweep(f->s, false, 70), 1);
+    assert_int_equal(store_booking_get(f->s, "r-2", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_CANCELLED);
+    assert_int_equal(store_city_sweep(f->s, true, 70), 1);
+    assert_int_equal(store_credential_by_hmac(f->s, cr.uid_hmac, &got), STORE_NOTFOUND);
+}
+
+/* The outbox: acknowledged events leave it, refused ones become dead letters, and
+ * the append hook fires once per committed transaction with events. */
+static int hook_calls;
+static void count_hook(void *arg)
+{
+    (void)arg;
+    hook_calls++;
+}
+
+static void test_outbox(void **state)
+{
+    struct fixture *f = *state;
+    store_set_append_hook(f->s, count_hook, NULL);
+    hook_calls = 0;
+    struct event e = {.type = "station.started"};
+    assert_true(store_event_add(f->s, &e) > 0);
+    assert_int_equal(hook_calls, 1);
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_true(store_event_add(f->s, &e) > 0);
+    assert_true(store_event_add(f->s, &e) > 0);
+    assert_int_equal(hook_calls, 1);
+    assert_int_equal(store_commit(f->s), STORE_OK);
+    assert_int_equal(hook_calls, 2);
+    assert_int_equal(store_begin(f->s), STORE_OK);
+    assert_true(store_event_add(f->s, &e) > 0);
+    store_rollback(f->s);
+    assert_int_equal(hook_calls, 2);
+
+    json_t *batch = store_outbox_json(f->s, 2);
+    assert_int_equal(json_array_size(batch), 2);
+    const char *id1 = json_string_value(json_object_get(json_array_get(batch, 0), "eventId"));
+    const char *id2 = json_string_value(json_object_get(json_array_get(batch, 1), "eventId"));
+    assert_int_equal(store_outbox_ack(f->s, id1), STORE_OK);
+    assert_int_equal(store_outbox_ack(f->s, id1), STORE_NOTFOUND);
+    assert_int_equal(store_outbox_dead(f->s, id2, 422, "bad", 5), STORE_OK);
+    json_decref(batch);
+    assert_int_equal(store_outbox_depth(f->s), 1);
+    assert_int_equal(store_dead_letter_count(f->s), 1);
+    store_set_append_hook(f->s, NULL, NULL);
+}
+
 int main(void)
 {
     log_init("test_store", LOG_LVL_WARNING);
@@ -1296,6 +1442,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_bookings, setup_memory, teardown),
         cmocka_unit_test_setup_teardown(test_bookings_many_clubs, setup_memory, teardown),
         cmocka_unit_test_setup_teardown(test_comp, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_city_records, setup_memory, teardown),
+        cmocka_unit_test_setup_teardown(test_outbox, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_events, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_detail, setup_file, teardown),
         cmocka_unit_test_setup_teardown(test_tamper_null_vs_empty, setup_file, teardown),
