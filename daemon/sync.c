@@ -84,7 +84,7 @@ struct sync {
     int nbatch;
     int upload_timer;
     bool halted; /* 401/403/404: waits for `sync now` or a reload */
-    char halt_reason[256];
+    char halt_reason[300];
 
     int heartbeat_timer;
     int64_t heartbeat_s;

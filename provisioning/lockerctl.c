@@ -22,6 +22,7 @@
 
 #include "daemon/log.h"
 #include "daemon/timeutil.h"
+#include "provisioning/provision.h"
 
 #define EXIT_REFUSED     1
 #define EXIT_USAGE       2
@@ -1316,6 +1317,14 @@ static int cmd_sim_clock(struct ctl *ctl, int argc, char **argv)
     return simple(ctl, "sim.clock", json_pack("{s:s}", "advance", pos[1]), print_now);
 }
 
+/* ------------------------------------------------------------ provisioning */
+
+/* Runs on the station itself, without the daemon (provision.c). */
+static int cmd_provision(struct ctl *ctl, int argc, char **argv)
+{
+    return provision_main(argc, argv, ctl->json);
+}
+
 /* ------------------------------------------------------------ table and main */
 
 static const struct cmd commands[] = {
@@ -1369,6 +1378,8 @@ static const struct cmd commands[] = {
     {"sim", "outputs", "", "simulated output lines (locks) and inputs", cmd_sim_outputs},
     {"sim", "clock", "advance DURATION", "move the simulated clock forward (sim_clock = yes)",
      cmd_sim_clock},
+    {"provision", NULL, "--station ID --url URL --token TOKEN --ca FILE [--dry-run] ...",
+     "make this station known to the city API: key, certificate, config", cmd_provision},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
