@@ -73,7 +73,8 @@ HAL_SRCS    := hal/hal.c           \
 LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
 LOCKERCTL_SRCS := provisioning/lockerctl.c provisioning/provision.c $(COMMON_SRCS)
 
-UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card test_report
+UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card test_report \
+               test_syncmsg test_syncworker
 BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))

@@ -161,7 +161,8 @@ static void put_bytes(struct syncmsg_builder *b, const void *p, size_t n)
         b->overflow = true;
         return;
     }
-    memcpy(b->buf + b->len, p, n);
+    if (n > 0) /* p may be NULL for an empty field */
+        memcpy(b->buf + b->len, p, n);
     b->len += n;
 }
 

@@ -53,6 +53,12 @@
 #include "daemon/loop.h"
 #include "daemon/syncmsg.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SYNCWORKER_SANITIZED 1
+#endif
+#endif
+
 /* Rights newer than the build host's <linux/landlock.h>; masked by the running ABI. */
 #ifndef LANDLOCK_ACCESS_FS_REFER
 #define LANDLOCK_ACCESS_FS_REFER (1ULL << 13)
@@ -78,7 +84,8 @@
  * Pure parsers
  * ====================================================================== */
 
-static int perr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static int perr(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 static int perr(char *err, size_t errlen, const char *fmt, ...)
 {
     va_list ap;
@@ -665,7 +672,9 @@ static bool interval(json_t *iv, const char *key, int64_t dflt, int64_t *out)
     if (!json_is_integer(v))
         return false;
     json_int_t s = json_integer_value(v);
-    *out = s < SYNC_INTERVAL_MIN ? SYNC_INTERVAL_MIN : s > SYNC_INTERVAL_MAX ? SYNC_INTERVAL_MAX : s;
+    *out = s < SYNC_INTERVAL_MIN   ? SYNC_INTERVAL_MIN
+           : s > SYNC_INTERVAL_MAX ? SYNC_INTERVAL_MAX
+                                   : s;
     return true;
 }
 
@@ -882,6 +891,7 @@ struct worker {
     char *cursor[OP_COUNT];
     int64_t lastpage_ms[OP_COUNT];
     bool wait_drain[OP_COUNT];
+    bool again[OP_COUNT]; /* in flight when the cycle began: fetch again after it */
     int64_t drain_delay[OP_COUNT];
 
     /* the one pending upload */
@@ -917,6 +927,8 @@ struct worker {
 
 static void start_op(struct worker *w, enum op op);
 static void flush_out(struct worker *w);
+static void schedule(struct worker *w, enum op op, int64_t delay_ms);
+static void feed_schedule(struct worker *w, enum op op, int64_t delay_ms);
 
 static void stop(struct worker *w, int status)
 {
@@ -1046,6 +1058,16 @@ static void part_done(struct worker *w, enum op op, bool ok)
 {
     if (!w->cycle_active || (w->cycle_parts & (1u << op)) == 0)
         return;
+    /* The request that just ended was sent before the cycle was asked for, so it may
+     * not have seen what changed since: fetch once more within the cycle. */
+    if (ok && w->again[op]) {
+        w->again[op] = false;
+        if (op == OP_RES || op == OP_CRED)
+            feed_schedule(w, op, 0);
+        else
+            schedule(w, op, 0);
+        return;
+    }
     w->cycle_parts &= ~(1u << op);
     if (!ok)
         w->cycle_ok = false;
@@ -1774,6 +1796,7 @@ static void config_clear(struct worker *w)
         free(w->cursor[op]);
         w->cursor[op] = NULL;
         w->wait_drain[op] = false;
+        w->again[op] = false;
         w->failures[op] = 0;
     }
     free(w->base);
@@ -1832,8 +1855,8 @@ static void on_config(struct worker *w, const struct syncmsg *m)
         if (syncmsg_str(m, F_ETAG, etag, sizeof(etag)))
             w->etag = xstrdup(etag);
     }
-    static const enum syncmsg_tag cursor_tag[OP_COUNT] = {[OP_RES] = F_CURSOR_RES,
-                                                          [OP_CRED] = F_CURSOR_CRED};
+    static const enum syncmsg_tag cursor_tag[OP_COUNT] = {
+        [OP_RES] = F_CURSOR_RES, [OP_CRED] = F_CURSOR_CRED};
     for (enum op op = OP_RES; op <= OP_CRED; op++) {
         if (syncmsg_str(m, cursor_tag[op], cursor, sizeof(cursor)) &&
             sync_url_under(cursor, w->base)) {
@@ -1850,6 +1873,13 @@ static void on_config(struct worker *w, const struct syncmsg *m)
     w->interval_s[OP_RES] = 60;
     w->interval_s[OP_CRED] = 300;
     w->interval_s[OP_HEARTBEAT] = 300;
+    /* [api] poll_interval, until the city's station config says otherwise. */
+    static const enum syncmsg_tag interval_tag[OP_COUNT] = {[OP_RES] = F_INTERVAL_RES,
+                                                            [OP_CRED] = F_INTERVAL_CRED};
+    for (enum op op = OP_RES; op <= OP_CRED; op++) {
+        int64_t v = syncmsg_int(m, interval_tag[op], w->interval_s[op]);
+        w->interval_s[op] = v < 5 ? 5 : v > 86400 ? 86400 : v;
+    }
     w->configured = true;
     log_info("sync: configured for station %s at %s", w->station, w->base);
     start_op(w, OP_CONFIG);
@@ -1882,8 +1912,14 @@ static void on_poll(struct worker *w, const struct syncmsg *m)
         w->failures[op] = 0;
         if (op == OP_RES || op == OP_CRED)
             w->lastpage_ms[op] = LASTPAGE_FIRST_MS;
-        if (op == OP_HEARTBEAT || w->xfer[op] != NULL)
-            continue; /* one in flight is part of the cycle already */
+        w->again[op] = false;
+        if (op == OP_HEARTBEAT)
+            continue;
+        if (w->xfer[op] != NULL) {
+            /* Part of the cycle, but it must be followed by a fresh request. */
+            w->again[op] = op != OP_EVENTS;
+            continue;
+        }
         if (w->wait_drain[op])
             continue; /* starts when its page has been delivered */
         start_op(w, (enum op)op);
@@ -1897,8 +1933,7 @@ static void on_upload(struct worker *w, const struct syncmsg *m)
     int pos = 0;
 
     if (w->up_pending) {
-        log_warnx("sync: a new upload batch replaces batch %" PRId64 " still pending",
-                  w->up_batch);
+        log_warnx("sync: a new upload batch replaces batch %" PRId64 " still pending", w->up_batch);
         xfer_abort(w, OP_EVENTS);
         cancel_timer(w, OP_EVENTS);
         upload_clear(w);
@@ -1921,8 +1956,7 @@ static void on_upload(struct worker *w, const struct syncmsg *m)
     w->up_pending = true;
     if (!w->configured || w->halted) {
         report(w, OP_EVENTS, false, 0,
-               w->halted ? "sync is halted until the next sync request"
-                         : "sync is not configured",
+               w->halted ? "sync is halted until the next sync request" : "sync is not configured",
                -1);
         return;
     }
@@ -1935,8 +1969,7 @@ static void on_heartbeat(struct worker *w, const struct syncmsg *m)
 
     if (!w->configured || w->halted) {
         report(w, OP_HEARTBEAT, false, 0,
-               w->halted ? "sync is halted until the next sync request"
-                         : "sync is not configured",
+               w->halted ? "sync is halted until the next sync request" : "sync is not configured",
                -1);
         return;
     }
@@ -2219,13 +2252,12 @@ static int landlock(void)
         log_warn("sandbox: landlock version");
         return -1;
     }
-    uint64_t fs = LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE |
-                  LANDLOCK_ACCESS_FS_READ_FILE | LANDLOCK_ACCESS_FS_READ_DIR |
-                  LANDLOCK_ACCESS_FS_REMOVE_DIR | LANDLOCK_ACCESS_FS_REMOVE_FILE |
-                  LANDLOCK_ACCESS_FS_MAKE_CHAR | LANDLOCK_ACCESS_FS_MAKE_DIR |
-                  LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_MAKE_SOCK |
-                  LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK |
-                  LANDLOCK_ACCESS_FS_MAKE_SYM;
+    uint64_t fs =
+        LANDLOCK_ACCESS_FS_EXECUTE | LANDLOCK_ACCESS_FS_WRITE_FILE | LANDLOCK_ACCESS_FS_READ_FILE |
+        LANDLOCK_ACCESS_FS_READ_DIR | LANDLOCK_ACCESS_FS_REMOVE_DIR |
+        LANDLOCK_ACCESS_FS_REMOVE_FILE | LANDLOCK_ACCESS_FS_MAKE_CHAR |
+        LANDLOCK_ACCESS_FS_MAKE_DIR | LANDLOCK_ACCESS_FS_MAKE_REG | LANDLOCK_ACCESS_FS_MAKE_SOCK |
+        LANDLOCK_ACCESS_FS_MAKE_FIFO | LANDLOCK_ACCESS_FS_MAKE_BLOCK | LANDLOCK_ACCESS_FS_MAKE_SYM;
     if (abi >= 2)
         fs |= LANDLOCK_ACCESS_FS_REFER;
     if (abi >= 3)
@@ -2249,6 +2281,11 @@ static int landlock(void)
             return -1;
         }
     }
+#if defined(__SANITIZE_ADDRESS__) || defined(SYNCWORKER_SANITIZED)
+    /* Sanitizer builds only: LeakSanitizer reads /proc/self/task and maps at exit. */
+    if (ll_allow(rs, "/proc/self", ro_dir) < 0)
+        log_warn("sandbox: landlock rule for /proc/self");
+#endif
     /* Where systemd-resolved manages it, /etc/resolv.conf links into /run: that one
      * file is allowed too, read-only, or DNS would fail. */
     char *real = realpath("/etc/resolv.conf", NULL);

@@ -14,11 +14,19 @@ FUZZ_BUILD   ?= build-fuzz
 PKG_CONFIG   ?= pkg-config
 FUZZ_CFLAGS  := -std=c11 -D_GNU_SOURCE -I. -g -O1 -fno-omit-frame-pointer \
                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
-FUZZ_TARGETS := fuzz_card
+FUZZ_TARGETS := fuzz_card fuzz_sync_feed fuzz_sync_response fuzz_sync_msg
 
 # fuzz_card includes hal/card_desfire.c to reach its static parsers.
 FUZZ_card_DEPS := hal/card_desfire.c hal/card.h hal/hal.h daemon/log.c
 FUZZ_card_LIBS := daemon/log.c $(shell $(PKG_CONFIG) --cflags --libs libfreefare libnfc libcrypto)
+
+# The sync worker's parsers are public (daemon/syncworker.h); the worker's other
+# objects come along because they share its file.
+FUZZ_SYNC_SRCS := daemon/syncworker.c daemon/syncmsg.c daemon/loop.c daemon/clock.c daemon/log.c
+FUZZ_SYNC_LIBS := $(FUZZ_SYNC_SRCS) $(shell $(PKG_CONFIG) --cflags --libs libcurl jansson)
+FUZZ_sync_feed_LIBS     := $(FUZZ_SYNC_LIBS)
+FUZZ_sync_response_LIBS := $(FUZZ_SYNC_LIBS)
+FUZZ_sync_msg_LIBS      := daemon/syncmsg.c daemon/log.c
 
 $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c
 	@mkdir -p $(dir $@)
@@ -26,6 +34,9 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c
 
 # Extra dependencies by target name (a pattern rule's prerequisites cannot name them).
 $(FUZZ_BUILD)/fuzz_card: $(FUZZ_card_DEPS)
+$(FUZZ_BUILD)/fuzz_sync_feed $(FUZZ_BUILD)/fuzz_sync_response: $(FUZZ_SYNC_SRCS) \
+    daemon/syncworker.h daemon/syncmsg.h
+$(FUZZ_BUILD)/fuzz_sync_msg: daemon/syncmsg.c daemon/syncmsg.h
 
 .PHONY: fuzz fuzz-bins
 fuzz-bins: $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))

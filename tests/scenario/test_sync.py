@@ -331,9 +331,12 @@ class TestFaults(SyncTestCase):
     def test_foreign_next_is_refused(self):
         st = self.station()
         self.setup_city_booking(st)
-        self.city.fault("foreign_next", path="/reservations")
+        self.city.fault("foreign_next", path="/reservations", count=-1)
         self.sync(st, ok=False)
-        self.assertEqual(st.j("sync", "status")["cursor"]["reservations"], None)
+        cursor = st.j("sync", "status")["cursor"]["reservations"]
+        # Still the server's own (or none yet), never the foreign one.
+        self.assertTrue(cursor is None or cursor.startswith(self.city.base_url + "/"), cursor)
+        self.assertIn("next", st.j("sync", "status")["lastError"]["message"].lower())
 
 
 class TestTls(SyncTestCase):
