@@ -421,16 +421,18 @@ static bool handle_card(struct reader_dev *r, nfc_device *dev, const nfc_target 
     if (stall == STALL_KICKED)
         return false;
 
-    /* Until it leaves, the same card must not count as a new tap. */
-    while (!stopping(r)) {
+    /* Until it leaves, the same card must not count as a new tap. The first check
+     * comes PRESENCE_MS after the report, not at once: the daemon is committing the
+     * tap and energising the coil right then, and an exchange with the card would
+     * compete with it for the CPU and for nothing (a card never leaves that fast that
+     * it matters: it is reported removed at most PRESENCE_MS later either way). */
+    while (!wait_or_stop(r, PRESENCE_MS)) {
         int present = nfc_initiator_target_is_present(dev, NULL);
         if (present != NFC_SUCCESS) {
             if (present == NFC_EIO || present == NFC_ENOTSUCHDEV)
                 return false;
             break;
         }
-        if (wait_or_stop(r, PRESENCE_MS))
-            break;
     }
     nfc_initiator_deselect_target(dev);
     post(r, READER_CARD_REMOVED, NULL);

@@ -60,9 +60,18 @@
  *   next-status HH      the next InDataExchange/InCommunicateThru reply carries status
  *                       HH (0x80 and up make libnfc call abort(): pn53x.c:235)
  *   slow MS             every reply frame leaves MS ms after its command (0: off)
- *   baud on|off         pace all traffic at 115200 baud: 86.8 us per byte
+ *   baud on|off         pace all traffic at 115200 baud: 86.8 us per byte, on an
+ *                       absolute schedule: a byte reaches the host when its stop bit
+ *                       is through, never earlier; a late wake-up hands over every
+ *                       byte that is due at once, so delays do not add up
  *   status              one "status ..." event with the chip and card state, and the
- *                       bytes received and sent so far (rx=N tx=N)
+ *                       UART counters: rx=N tx=N (bytes received and sent so far),
+ *                       late_us=N (how much later than the line schedule the ends of
+ *                       reply bursts were handed over, in total: the emulator's own
+ *                       delay, which a real chip does not have), entered_ns=T
+ *                       (CLOCK_MONOTONIC when the card last entered the field) and
+ *                       idle_ns=T (when the line last went quiet in both directions;
+ *                       -1 while bytes wait to go out)
  *   quit                exit (also on end of stdin, SIGINT, SIGTERM)
  *
  * EVENTS (stdout, one per line; tests match on the first words)
@@ -128,6 +137,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
@@ -160,6 +170,10 @@ static struct {
     int64_t line_free_ns;
     bool baud;
     uint64_t bytes_rx, bytes_tx; /* on the wire, both directions: the UART floor */
+    int64_t rx_end_ns;           /* when the host's last bytes were through the line */
+    int64_t late_ns;             /* how much later than the line schedule the emulator
+                                    handed over the ends of its bursts (its own delay) */
+    int64_t entered_ns;          /* when the current card last entered the field */
 
     struct card *card;
     char line[65536];
@@ -337,7 +351,13 @@ static void pty_close(void)
 }
 
 /* Writes what the queue allows now; returns the next time (ns) it wants to run, or
- * -1 if empty or blocked on the pty. */
+ * -1 if empty or blocked on the pty.
+ *
+ * With baud pacing the line runs on an absolute schedule: a segment starts when it
+ * may (not_before_ns) or when the line is free, whichever is later, and its byte k
+ * reaches the host when its stop bit has gone out, at start + (k + 1) x BYTE_NS. A
+ * late wake-up writes every byte that is due at once, so lateness never accumulates
+ * from byte to byte, and no byte is handed over before its time on the wire. */
 static int64_t flush_queue(bool *blocked)
 {
     *blocked = false;
@@ -347,17 +367,12 @@ static int64_t flush_queue(bool *blocked)
         int64_t t0 = s->not_before_ns;
         if (emu.baud && emu.line_free_ns > t0)
             t0 = emu.line_free_ns;
-        if (t0 > now)
-            return t0;
+        int64_t first = emu.baud ? t0 + BYTE_NS : t0;
+        if (first > now)
+            return first;
         size_t n = s->len - s->pos;
-        int64_t t = t0;
-        if (emu.baud) {
-            n = 0;
-            while (s->pos + n < s->len && t <= now) {
-                n++;
-                t += BYTE_NS;
-            }
-        }
+        if (emu.baud && (uint64_t)((now - t0) / BYTE_NS) < n)
+            n = (size_t)((now - t0) / BYTE_NS);
         ssize_t w = write(emu.master, s->data + s->pos, n);
         if (w < 0) {
             if (errno == EAGAIN || errno == EINTR) {
@@ -373,6 +388,14 @@ static int64_t flush_queue(bool *blocked)
         if (emu.baud)
             emu.line_free_ns = t0 + (int64_t)w * BYTE_NS;
         if (s->pos == s->len) {
+            /* The end of a burst is what the host waits for: any delay past the line
+             * schedule there is the emulator's, not the host's. */
+            if (emu.baud && emu.qcount == 1 && now > emu.line_free_ns)
+                emu.late_ns += now - emu.line_free_ns;
+            if (emu.verbose)
+                fprintf(stderr, "pn532_emu: %10.3f sent   %zu bytes, on the wire until %.3f\n",
+                        (double)now_ns() / 1e6, s->len,
+                        (double)(emu.baud ? emu.line_free_ns : now) / 1e6);
             emu.qhead = (emu.qhead + 1) % QUEUE_LEN;
             emu.qcount--;
         }
@@ -395,6 +418,7 @@ static void card_enters(void)
 {
     char hex[2 * CARD_MAX_UID + 1];
     emu.card->in_field = true;
+    emu.entered_ns = now_ns();
     chip_set_card(emu.card);
     emu_hex(emu.card->uid, emu.card->uid_len, hex);
     emu_event("inserted %s %s", hex, card_kind(emu.card));
@@ -515,8 +539,11 @@ static void control(char *line)
     } else if (strcmp(c, "status") == 0) {
         char buf[512];
         chip_describe(buf, sizeof(buf));
-        emu_event("status %s pty=%s rx=%llu tx=%llu", buf, emu.master >= 0 ? emu.pts : "-",
-                  (unsigned long long)emu.bytes_rx, (unsigned long long)emu.bytes_tx);
+        int64_t idle = emu.line_free_ns > emu.rx_end_ns ? emu.line_free_ns : emu.rx_end_ns;
+        emu_event("status %s pty=%s rx=%llu tx=%llu late_us=%lld entered_ns=%lld idle_ns=%lld", buf,
+                  emu.master >= 0 ? emu.pts : "-", (unsigned long long)emu.bytes_rx,
+                  (unsigned long long)emu.bytes_tx, (long long)(emu.late_ns / 1000),
+                  (long long)emu.entered_ns, (long long)(emu.qcount ? -1 : idle));
     } else if (strcmp(c, "quit") == 0) {
         emu.quit = true;
     } else {
@@ -605,6 +632,9 @@ int main(int argc, char **argv)
     }
 
     setvbuf(stdout, NULL, _IOLBF, 0);
+    /* Byte pacing wakes up every 86.8 us: the default 50 us timer slack would make
+     * the emulator, not the host, the slow side of the line. */
+    prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     signal(SIGPIPE, SIG_IGN);
     sigset_t block, orig;
     sigemptyset(&block);
@@ -661,6 +691,9 @@ int main(int argc, char **argv)
             ssize_t k = read(emu.master, buf, sizeof(buf));
             if (k > 0) {
                 emu.bytes_rx += (uint64_t)k;
+                /* The host's bytes arrive at once on a pty; on the line they take
+                 * their time from now (frame_done() delays the chip's ACK as much). */
+                emu.rx_end_ns = now_ns() + (emu.baud ? (int64_t)k * BYTE_NS : 0);
                 chip_rx(buf, (size_t)k);
             }
         }

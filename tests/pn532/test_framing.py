@@ -154,6 +154,38 @@ class Framing(unittest.TestCase):
         self.transact([0x08, 0x63, 0x02, 0x80, 0x63, 0x03, 0x80], [0x09])
         self.transact([0x42, 0xB2], [0x43, 0x00, 0xA2])
 
+    def test_baud_pacing_is_never_early(self):
+        # At 115200 baud a byte reaches the host when its stop bit is through: the
+        # n-th byte of the answer no earlier than (host frame + n) x 86.8 us after the
+        # host started sending (a machine under load may make it late, never early),
+        # and the counters and line state in "status" add up.
+        byte_s = 10 / 115200
+        self.wake()
+        self.emu.cmd("baud on")
+        self.emu.cmd("status")
+        self.assertIn("late_us=", self.emu.wait("status "))
+        echo = list(range(200))
+        cmd = frame([0x00, 0x00] + echo)
+        want = ACK + reply([0x01, 0x00] + echo)
+        start = time.monotonic()
+        self.send(cmd)
+        got = b""
+        times = []
+        while len(got) < len(want):
+            chunk = self.read(len(want) - len(got))
+            self.assertTrue(chunk, "the reply stopped")
+            got += chunk
+            times.append((len(got), time.monotonic() - start))
+        self.assertEqual(got, want)
+        for n, t in times:
+            # n bytes of the reply after the whole host frame: never sooner
+            self.assertGreaterEqual(t, (len(cmd) + n) * byte_s - 1e-5, (n, t))
+        self.emu.cmd("status")
+        line = self.emu.wait("status ")
+        fields = dict(kv.split("=") for kv in line.split() if "=" in kv)
+        self.assertNotEqual(fields["idle_ns"], "-1")  # all sent: the line is quiet
+        self.assertEqual(int(fields["rx"]), len(WAKEUP) + len(frame([0x14, 0x01])) + len(cmd))
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
