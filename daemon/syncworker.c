@@ -1874,8 +1874,8 @@ static void on_config(struct worker *w, const struct syncmsg *m)
     w->interval_s[OP_CRED] = 300;
     w->interval_s[OP_HEARTBEAT] = 300;
     /* [api] poll_interval, until the city's station config says otherwise. */
-    static const enum syncmsg_tag interval_tag[OP_COUNT] = {[OP_RES] = F_INTERVAL_RES,
-                                                            [OP_CRED] = F_INTERVAL_CRED};
+    static const enum syncmsg_tag interval_tag[OP_COUNT] = {
+        [OP_RES] = F_INTERVAL_RES, [OP_CRED] = F_INTERVAL_CRED};
     for (enum op op = OP_RES; op <= OP_CRED; op++) {
         int64_t v = syncmsg_int(m, interval_tag[op], w->interval_s[op]);
         w->interval_s[op] = v < 5 ? 5 : v > 86400 ? 86400 : v;
