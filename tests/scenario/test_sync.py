@@ -285,6 +285,7 @@ class TestFaults(SyncTestCase):
         self.sync(st)
         self.assertIn("r-new", self.city_booking_rows(st))
         st.give_back(UID, 2)
+        self.city.fault("drop", path="/events$")
         self.city.fault("truncate", path="/events$")
         self.city.fault("malformed", path="/events$")
         self.assert_events_exactly_once(st)

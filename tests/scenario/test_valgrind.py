@@ -47,6 +47,37 @@ class ValgrindTest(StationTestCase):
         self.assertEqual(rc, 0, "valgrind found problems:\n" + report)
         self.assertEqual(report.strip(), "", report)
 
+    def test_clean_shutdown_with_city_sync(self):
+        """The same with the city API link: a sync cycle, uploads, a reload (which
+        restarts the worker) and shutdown. Valgrind follows lockerd, not the worker
+        it starts (the worker runs under the sanitizers in the other tests)."""
+        from city import CityServer, city_station_extra, uid_hmac
+        city = CityServer().start()
+        self.addCleanup(city.cleanup)
+        city.set_config()
+        st = self.make_station(start=False, extra=city_station_extra(city))
+        vglog = os.path.join(st.dir, "valgrind.log")
+        st.lockerd = PLAIN
+        st.wrapper = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+                      "--show-leak-kinds=definite,indirect",
+                      "--errors-for-leak-kinds=definite,indirect", "--log-file=" + vglog]
+        st.start(timeout=60)
+        start = st.now()
+        import datetime
+        city.reservation("r-1", "club-42", start - datetime.timedelta(minutes=10),
+                         start + datetime.timedelta(hours=1), [2])
+        city.credential("cred-1", uid_hmac(st, UID), "m-1", ["club-42"])
+        self.assertEqual(st.ctl("sync", "now", "--timeout", "60", check=False).rc, 0)
+        st.pickup(UID, 2)
+        st.signal(signal.SIGHUP)
+        self.assertEqual(st.ctl("sync", "now", "--timeout", "60", check=False).rc, 0)
+        st.signal(signal.SIGTERM)
+        rc = st.wait_exit(timeout=60)
+        with open(vglog) as f:
+            report = f.read()
+        self.assertEqual(rc, 0, "valgrind found problems:\n" + report)
+        self.assertEqual(report.strip(), "", report)
+
 
 if __name__ == "__main__":
     unittest.main()
