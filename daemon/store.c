@@ -447,8 +447,10 @@ struct store {
     uint8_t tx_hash[STORE_HASH_LEN];
     char boot_id[40];
     bool appended; /* an event was added in the open transaction */
-    void (*append_hook)(void *arg);
-    void *append_arg;
+    struct {
+        void (*fn)(void *arg);
+        void *arg;
+    } hooks[STORE_MAX_HOOKS];
     EVP_MD *sha256;
     EVP_MD_CTX *md;
 };
@@ -843,8 +845,10 @@ int store_commit(struct store *s)
     }
     if (s->appended) {
         s->appended = false;
-        if (s->append_hook != NULL)
-            s->append_hook(s->append_arg);
+        for (int i = 0; i < STORE_MAX_HOOKS; i++) {
+            if (s->hooks[i].fn != NULL)
+                s->hooks[i].fn(s->hooks[i].arg);
+        }
     }
     return STORE_OK;
 }
@@ -2586,10 +2590,25 @@ int64_t store_dead_letter_count(struct store *s)
     return query_int(s, stmt(s, Q_DEAD_COUNT), "dead letters");
 }
 
-void store_set_append_hook(struct store *s, void (*fn)(void *arg), void *arg)
+int store_add_append_hook(struct store *s, void (*fn)(void *arg), void *arg)
 {
-    s->append_hook = fn;
-    s->append_arg = arg;
+    for (int i = 0; i < STORE_MAX_HOOKS; i++) {
+        if (s->hooks[i].fn == NULL) {
+            s->hooks[i].fn = fn;
+            s->hooks[i].arg = arg;
+            return STORE_OK;
+        }
+    }
+    log_warnx("store: more than %d append hooks", STORE_MAX_HOOKS);
+    return STORE_ERR;
+}
+
+void store_remove_append_hook(struct store *s, void (*fn)(void *arg), void *arg)
+{
+    for (int i = 0; i < STORE_MAX_HOOKS; i++) {
+        if (s->hooks[i].fn == fn && s->hooks[i].arg == arg)
+            s->hooks[i].fn = NULL;
+    }
 }
 
 const char *store_boot_id(const struct store *s)

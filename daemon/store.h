@@ -329,9 +329,12 @@ int store_outbox_dead(struct store *s, const char *event_id, int http, const cha
                       int64_t now_ms);
 int64_t store_dead_letter_count(struct store *s);
 
-/* fn(arg) is called after each commit that made new events durable (the outbox
- * has work); it must not write to the store from inside the call. */
-void store_set_append_hook(struct store *s, void (*fn)(void *arg), void *arg);
+/* fn(arg) is called after each commit that made new events durable (the outbox has
+ * work, a screen has news); it must not write to the store from inside the call.
+ * At most STORE_MAX_HOOKS; STORE_ERR when full. */
+#define STORE_MAX_HOOKS 4
+int store_add_append_hook(struct store *s, void (*fn)(void *arg), void *arg);
+void store_remove_append_hook(struct store *s, void (*fn)(void *arg), void *arg);
 /* The kernel's boot id, as stamped on events. */
 const char *store_boot_id(const struct store *s);
 

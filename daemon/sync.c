@@ -971,7 +971,11 @@ struct sync *sync_new(const struct config *cfg, struct loop *loop, struct store 
         return NULL;
     }
     sy->exe[n] = '\0';
-    store_set_append_hook(store, on_append, sy);
+    if (store_add_append_hook(store, on_append, sy) != STORE_OK) {
+        snprintf(err, errlen, "sync: cannot watch the outbox");
+        sync_free(sy);
+        return NULL;
+    }
     if (enabled(sy)) {
         worker_start(sy);
         heartbeat_schedule(sy);
@@ -983,7 +987,7 @@ void sync_free(struct sync *sy)
 {
     if (sy == NULL)
         return;
-    store_set_append_hook(sy->store, NULL, NULL);
+    store_remove_append_hook(sy->store, on_append, sy);
     worker_stop(sy, NULL);
     if (sy->restart_timer > 0)
         loop_remove(sy->loop, sy->restart_timer);

@@ -1400,7 +1400,7 @@ static void count_hook(void *arg)
 static void test_outbox(void **state)
 {
     struct fixture *f = *state;
-    store_set_append_hook(f->s, count_hook, NULL);
+    assert_int_equal(store_add_append_hook(f->s, count_hook, NULL), STORE_OK);
     hook_calls = 0;
     struct event e = {.type = "station.started"};
     assert_true(store_event_add(f->s, &e) > 0);
@@ -1426,7 +1426,9 @@ static void test_outbox(void **state)
     json_decref(batch);
     assert_int_equal(store_outbox_depth(f->s), 1);
     assert_int_equal(store_dead_letter_count(f->s), 1);
-    store_set_append_hook(f->s, NULL, NULL);
+    store_remove_append_hook(f->s, count_hook, NULL);
+    assert_true(store_event_add(f->s, &e) > 0);
+    assert_int_equal(hook_calls, 2);
 }
 
 int main(void)
