@@ -1378,8 +1378,10 @@ static const struct cmd commands[] = {
     {"sim", "outputs", "", "simulated output lines (locks) and inputs", cmd_sim_outputs},
     {"sim", "clock", "advance DURATION", "move the simulated clock forward (sim_clock = yes)",
      cmd_sim_clock},
-    {"provision", NULL, "--station ID --url URL --token TOKEN --ca FILE [--dry-run] ...",
-     "make this station known to the city API: key, certificate, config", cmd_provision},
+    {"provision", NULL,
+     "--station ID --url URL --token TOKEN --ca FILE [--template FILE] [--dry-run] ...",
+     "make this station known to the city API: key, certificate, config (as root, on the station)",
+     cmd_provision},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
