@@ -24,7 +24,8 @@ TMPFILESDIR    ?= $(call systemd_dir,tmpfilesdir,tmpfiles.d)
 
 CC         ?= cc
 PKG_CONFIG ?= pkg-config
-PKGS       := inih sqlite3 jansson libcrypto libsystemd libgpiod libnfc libfreefare libcurl
+PKGS       := inih sqlite3 jansson libcrypto libsystemd libgpiod libnfc libfreefare libcurl \
+              libmicrohttpd
 
 CFLAGS     ?= -O2 -g
 WARNFLAGS  := -std=c11 -Wall -Wextra -Wshadow -Wformat=2 -Wstrict-prototypes \
@@ -37,7 +38,8 @@ CFLAGS     := -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined \
               -fno-sanitize-recover=undefined
 LDFLAGS    += -fsanitize=address,undefined
 endif
-ALL_CPPFLAGS := -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' -I. \
+UIDIR      ?= $(PREFIX)/share/lockerd/ui
+ALL_CPPFLAGS := -D_GNU_SOURCE -DLOCKERD_VERSION='"$(VERSION)"' -DLOCKERD_UI_DIR='"$(UIDIR)"' -I. \
               $(shell $(PKG_CONFIG) --cflags $(PKGS)) $(CPPFLAGS)
 # libgpiod 2.x has a new API; hal/gpio_gpiod.c is written for both.
 ifeq ($(shell $(PKG_CONFIG) --atleast-version=2 libgpiod && echo v2),v2)
@@ -56,11 +58,13 @@ DAEMON_SRCS := daemon/loop.c       \
                daemon/store.c      \
                daemon/policy.c     \
                daemon/station.c    \
+               daemon/selftest.c   \
                daemon/report.c     \
                daemon/control.c    \
                daemon/sync.c       \
                daemon/syncmsg.c    \
-               daemon/syncworker.c
+               daemon/syncworker.c \
+               daemon/ui.c
 
 HAL_SRCS    := hal/hal.c           \
                hal/gpio_sim.c      \
@@ -75,12 +79,13 @@ LOCKERCTL_SRCS := provisioning/lockerctl.c provisioning/provision.c $(COMMON_SRC
 
 UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card test_report \
                test_syncmsg test_syncworker
-BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c
+BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c tests/bench_sync_fill.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
 
-.PHONY: all check check-vm check-deb cityapi-check unit scenario demo bench install clean format lint
+.PHONY: all check check-vm check-deb cityapi-check unit scenario demo bench install clean format lint \
+        ui-check
 all: $(BUILD)/lockerd $(BUILD)/lockerctl
 
 $(BUILD)/%.o: %.c
@@ -102,6 +107,9 @@ $(BUILD)/bench_tap: $(call obj,tests/bench_tap.c) $(CORE_OBJS)
 $(BUILD)/bench_report: $(call obj,tests/bench_report.c) $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
+$(BUILD)/bench_sync_fill: $(call obj,tests/bench_sync_fill.c) $(CORE_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
 unit-bins: $(addprefix $(BUILD)/tests/,$(UNIT_TESTS))
 
 # make check: everything under ASan + UBSan.
@@ -111,6 +119,7 @@ check:
 	$(MAKE) BUILD=build-san unit pn532-check cityapi-check scenario
 	tests/test_docs.sh build-san
 	tests/test_systemd.sh build
+	$(MAKE) BUILD=build-san ui-check
 
 # make check-vm: the gpiod backend against the kernel's gpio-sim in a qemu VM, built
 # once with libgpiod 1.x and once with 2.x (tests/vm/run-vm-test.sh lists the packages).
@@ -121,6 +130,22 @@ check-vm:
 # and purged, and booted under systemd in a VM (tests/test_deb.sh; root, the mirror).
 check-deb:
 	tests/test_deb.sh
+
+# The kiosk screen in Debian's Chromium (playwright-core and axe-core from
+# tests/ui/node_modules, which `npm ci` in tests/ui installs; quickstart does both).
+# Skipped with a message when node, the modules or the browser are missing.
+CHROMIUM ?= /usr/bin/chromium
+ui-check: $(BUILD)/lockerd $(BUILD)/lockerctl
+	@if ! command -v node >/dev/null 2>&1; then \
+	    echo "ui-check: SKIPPED: node is not installed (apt-get install nodejs npm)"; \
+	elif [ ! -x "$(CHROMIUM)" ]; then \
+	    echo "ui-check: SKIPPED: no browser at $(CHROMIUM) (apt-get install chromium)"; \
+	elif [ ! -d tests/ui/node_modules/playwright-core ] || [ ! -d tests/ui/node_modules/axe-core ]; then \
+	    echo "ui-check: SKIPPED: run 'npm ci' in tests/ui (provisioning/quickstart does)"; \
+	else \
+	    LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl CHROMIUM=$(CHROMIUM) \
+	        node tests/ui/test_ui.js; \
+	fi
 
 # The city API reference server's own tests, and docs/openapi.yaml against it. The
 # check uses Debian's python3, which sees the python3-yaml and python3-jsonschema
@@ -139,7 +164,8 @@ scenario:
 demo: all
 	provisioning/demo $(BUILD)
 
-bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap $(BUILD)/bench_report pn532-bins
+bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap $(BUILD)/bench_report \
+       $(BUILD)/bench_sync_fill pn532-bins
 	$(BUILD)/bench_tap
 	$(BUILD)/bench_report
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl BENCH_REPORT=$(BUILD)/bench_report \
@@ -147,6 +173,8 @@ bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap $(BUILD)/bench_rep
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl python3 tests/bench_idle.py
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl PN532_EMU=$(PN532_BUILD)/pn532_emu \
 	    python3 tests/bench_reader.py
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl BENCH_SYNC_FILL=$(BUILD)/bench_sync_fill \
+	    python3 tests/bench_sync.py $(BENCH_SYNC_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/lockerd \
@@ -159,10 +187,18 @@ install: all
 	    install -m 0640 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
 	install -m 0644 docs/man/lockerd.8 docs/man/lockerctl.8 $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 docs/man/lockerd.conf.5 $(DESTDIR)$(MANDIR)/man5/
+	# The kiosk screen's files ([ui] dir) and its Chromium service (docs/kiosk.md).
+	install -d $(DESTDIR)$(UIDIR)/i18n
+	install -m 0644 ui/index.html ui/offline.html ui/kiosk.css ui/kiosk.js ui/offline.js \
+	    $(DESTDIR)$(UIDIR)/
+	install -m 0644 ui/i18n/de.json ui/i18n/en.json $(DESTDIR)$(UIDIR)/i18n/
 	install -d $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(TMPFILESDIR)
 	sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/lockerd/|$(SYSCONFDIR)/lockerd/|g' \
 	    systemd/lockerd.service >$(DESTDIR)$(SYSTEMDUNITDIR)/lockerd.service
 	install -m 0644 systemd/lockerd.sysusers $(DESTDIR)$(SYSUSERSDIR)/lockerd.conf
+	sed -e 's|/usr/share/lockerd/ui/|$(UIDIR)/|g' \
+	    systemd/lockerd-kiosk.service >$(DESTDIR)$(SYSTEMDUNITDIR)/lockerd-kiosk.service
+	install -m 0644 systemd/lockerd-kiosk.sysusers $(DESTDIR)$(SYSUSERSDIR)/lockerd-kiosk.conf
 	sed -e 's|/etc/lockerd/|$(SYSCONFDIR)/lockerd/|g' \
 	    systemd/lockerd.tmpfiles >$(DESTDIR)$(TMPFILESDIR)/lockerd.conf
 

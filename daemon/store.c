@@ -414,9 +414,12 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_CITY_CRED_DELETE] = "DELETE FROM credentials WHERE id = ?1 AND source = 'city'",
     /* Every booking row of a reservation: "r-881", or "r-881@2", "r-881@3" when it
      * covers several compartments. */
+    /* '@' is not in the id alphabet and 'A' is the byte after it, so the range is
+     * exactly the ids "?1@...": two primary-key probes ('+' keeps SQLite off the
+     * source index, which would scan every city booking). */
     [Q_CITY_RES_CANCEL] = "UPDATE bookings SET status = 'cancelled', synced_at = ?2"
-                          " WHERE source = 'city' AND (id = ?1"
-                          " OR substr(id, 1, length(?1) + 1) = ?1 || '@')",
+                          " WHERE +source = 'city' AND (id = ?1"
+                          " OR (id > ?1 || '@' AND id < ?1 || 'A'))",
     [Q_CITY_BOOKING_UPSERT] =
         "INSERT INTO bookings (" BOOKING_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'city', 0, ?7)"
         " ON CONFLICT (id) DO UPDATE SET club_id = excluded.club_id,"

@@ -1375,7 +1375,7 @@ static int64_t retry_after_ms(CURL *easy)
 static char *feed_start_url(struct worker *w, enum op op)
 {
     char url[SYNC_URL_MAX + 1];
-    snprintf(url, sizeof(url), "%s/stations/%s/%s?limit=100", w->base, w->station,
+    snprintf(url, sizeof(url), "%s/stations/%s/%s?limit=500", w->base, w->station,
              op == OP_RES ? "reservations" : "credentials");
     return xstrdup(url);
 }

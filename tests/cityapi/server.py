@@ -384,6 +384,8 @@ CREATE TABLE IF NOT EXISTS items (
   modified INTEGER NOT NULL, state TEXT NOT NULL, data TEXT,
   PRIMARY KEY (station, feed, id));
 CREATE INDEX IF NOT EXISTS items_rpde ON items (station, feed, modified, id);
+-- The retention purge runs on every feed request: it must not scan the table.
+CREATE INDEX IF NOT EXISTS items_tombstones ON items (modified) WHERE state = 'deleted';
 CREATE TABLE IF NOT EXISTS watermarks (
   station TEXT NOT NULL, feed TEXT NOT NULL, modified INTEGER NOT NULL, id TEXT NOT NULL,
   PRIMARY KEY (station, feed));
