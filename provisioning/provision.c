@@ -623,6 +623,15 @@ static int parse_args(struct prov *p, int argc, char **argv)
     snprintf(p->url, sizeof p->url, "%s", url);
     for (size_t n = strlen(p->url); n > 8 && p->url[n - 1] == '/'; n--)
         p->url[n - 1] = '\0';
+    /* "--token -" reads it from stdin, so that it never shows in the process list
+     * (ps, /proc/PID/cmdline) while enrollment runs. */
+    static char token_buf[300];
+    if (strcmp(p->token, "-") == 0) {
+        if (fgets(token_buf, sizeof token_buf, stdin) == NULL)
+            return usage_error("%s", "--token -: no token on standard input");
+        token_buf[strcspn(token_buf, "\r\n")] = '\0';
+        p->token = token_buf;
+    }
     if (p->token[0] == '\0' || strlen(p->token) > 256 ||
         strspn(p->token, "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
                          "abcdefghijklmnopqrstuvwxyz"

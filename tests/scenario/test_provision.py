@@ -89,7 +89,7 @@ class ProvisionTestCase(StationTestCase):
         return st
 
     def provision(self, st, *extra, token=None, ca=None, json_out=True, template=True,
-                  state_dir=None):
+                  state_dir=None, stdin_text=None):
         argv = [LOCKERCTL, "provision", "--station", self.city.station,
                 "--url", self.city.base_url, "--token", token or self.token(),
                 "--ca", ca or os.path.join(self.city.certs, "server-ca.pem"),
@@ -101,8 +101,12 @@ class ProvisionTestCase(StationTestCase):
         if json_out:
             argv.append("--json")
         argv += list(extra)
-        p = subprocess.run(argv, capture_output=True, text=True, env=sanitizer_env(),
-                           stdin=subprocess.DEVNULL, timeout=120)
+        if stdin_text is None:
+            p = subprocess.run(argv, capture_output=True, text=True, env=sanitizer_env(),
+                               stdin=subprocess.DEVNULL, timeout=120)
+        else:
+            p = subprocess.run(argv, capture_output=True, text=True, env=sanitizer_env(),
+                               input=stdin_text, timeout=120)
         for marker in SANITIZER_MARKERS:
             self.assertNotIn(marker, p.stderr, "sanitizer finding in lockerctl provision")
         p.data = None
@@ -262,6 +266,13 @@ class TestProvision(ProvisionTestCase):
         self.assertEqual(p.returncode, 1)
         self.assertRegex(p.stdout, r"(?m)^FAIL +enroll: .*401 Unauthorized: an unused "
                                    r"enrollment token is required")
+
+    def test_token_from_stdin(self):
+        """`--token -`: the token never appears in the process list."""
+        st = self.station()
+        p = self.provision(st, token="-", stdin_text=self.token() + "\n")
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertEqual(self.statuses(p)["enroll"], "changed")
 
     def test_wrong_ca_fails_tls_and_writes_no_certificate(self):
         st = self.station()
