@@ -60,6 +60,7 @@ DAEMON_SRCS := daemon/loop.c       \
                daemon/station.c    \
                daemon/selftest.c   \
                daemon/report.c     \
+               daemon/opendata.c   \
                daemon/control.c    \
                daemon/sync.c       \
                daemon/syncmsg.c    \
@@ -78,7 +79,7 @@ LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
 LOCKERCTL_SRCS := provisioning/lockerctl.c provisioning/provision.c $(COMMON_SRCS)
 
 UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card test_report \
-               test_syncmsg test_syncworker
+               test_syncmsg test_syncworker test_selftest
 BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c tests/bench_sync_fill.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))

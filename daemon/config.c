@@ -27,6 +27,10 @@
 #include <string.h>
 #include <strings.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <ini.h>
 
 #include "daemon/timeutil.h"
@@ -44,6 +48,7 @@ enum section_kind {
     SEC_POLICY,
     SEC_CONTROL,
     SEC_API,
+    SEC_UI,
     SEC_COMPARTMENT,
 };
 #define N_FIXED_SECTIONS SEC_COMPARTMENT
@@ -67,6 +72,8 @@ enum value_type {
     VAL_USERS,         /* Unix user names separated by spaces or commas */
     VAL_LINE,          /* line spec; empty means "not wired" */
     VAL_LINE_REQUIRED, /* line spec that must be given */
+    VAL_LISTEN,        /* loopback IPv4 or IPv6 address and port: 127.0.0.1:8080, [::1]:8080 */
+    VAL_LANGUAGE,      /* a language the screen has a catalogue for: de, en */
 };
 
 struct key_def {
@@ -136,6 +143,14 @@ static const struct key_def keys[] = {
     {SEC_API, "poll_interval", VAL_DURATION, CFG_VAL(sync_poll_ms), 0, 5 * MS_SEC, MS_DAY},
     {SEC_API, "heartbeat_interval", VAL_DURATION, CFG_VAL(sync_heartbeat_ms), 0, 5 * MS_SEC,
      MS_DAY},
+
+    {SEC_UI, "enabled", VAL_BOOL, CFG_VAL(ui_enabled), 0, 0, 0},
+    /* Loopback only: the screen shows what happens at the station, and its server is
+     * not built to face a network (see ui.c). */
+    {SEC_UI, "listen", VAL_LISTEN, CFG_STR(ui_listen), 0, 0, 0},
+    {SEC_UI, "dir", VAL_PATH, CFG_STR(ui_dir), 0, 0, 0},
+    {SEC_UI, "language", VAL_LANGUAGE, CFG_STR(ui_language), 0, 0, 0},
+    {SEC_UI, "speech", VAL_BOOL, CFG_VAL(ui_speech), 0, 0, 0},
 
     {SEC_COMPARTMENT, "lock", VAL_LINE_REQUIRED, COMP_VAL(lock), 0, 0, 0},
     {SEC_COMPARTMENT, "door", VAL_LINE_REQUIRED, COMP_VAL(door), 0, 0, 0},
@@ -230,6 +245,8 @@ static const char *section_name(enum section_kind kind)
         return "control";
     case SEC_API:
         return "api";
+    case SEC_UI:
+        return "ui";
     case SEC_COMPARTMENT:
         return "compartment";
     }
@@ -432,6 +449,66 @@ void config_line_format(const struct line_cfg *line, char *buf, size_t len)
 {
     snprintf(buf, len, "%s%s%s%s", line->name, line->active_low ? ", active-low" : "",
              line->bias != LINE_BIAS_AS_IS ? ", " : "", bias_name(line->bias));
+}
+
+bool config_listen_parse(const char *value, struct sockaddr_storage *out, char *why, size_t whylen)
+{
+    char host[64];
+    const char *colon, *port_s;
+    char *end;
+    long port;
+
+    memset(out, 0, sizeof(*out));
+    if (value[0] == '[') {
+        const char *close = strchr(value, ']');
+        if (close == NULL || close[1] != ':') {
+            snprintf(why, whylen, "expected [::1]:PORT");
+            return false;
+        }
+        snprintf(host, sizeof(host), "%.*s", (int)(close - value - 1), value + 1);
+        port_s = close + 2;
+    } else {
+        colon = strrchr(value, ':');
+        if (colon == NULL || (size_t)(colon - value) >= sizeof(host)) {
+            snprintf(why, whylen, "expected ADDRESS:PORT such as 127.0.0.1:8080");
+            return false;
+        }
+        snprintf(host, sizeof(host), "%.*s", (int)(colon - value), value);
+        port_s = colon + 1;
+    }
+    errno = 0;
+    port = strtol(port_s, &end, 10);
+    if (port_s[0] < '0' || port_s[0] > '9' || *end != '\0' || errno != 0 || port < 1 ||
+        port > 65535) {
+        snprintf(why, whylen, "port must be 1 to 65535");
+        return false;
+    }
+    struct sockaddr_in *sin = (struct sockaddr_in *)(void *)out;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)(void *)out;
+    if (inet_pton(AF_INET, host, &sin->sin_addr) == 1) {
+        /* 127.0.0.0/8 */
+        if ((ntohl(sin->sin_addr.s_addr) >> 24) != 127)
+            goto not_loopback;
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)port);
+        return true;
+    }
+    if (inet_pton(AF_INET6, host, &sin6->sin6_addr) == 1) {
+        if (!IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr))
+            goto not_loopback;
+        sin6->sin6_family = AF_INET6;
+        sin6->sin6_port = htons((uint16_t)port);
+        return true;
+    }
+    snprintf(why, whylen, "'%s' is not a numeric IPv4 or IPv6 address", host);
+    return false;
+not_loopback:
+    memset(out, 0, sizeof(*out));
+    snprintf(why, whylen,
+             "'%s' is not a loopback address: the kiosk screen is served to the station's own "
+             "browser only (127.0.0.1 or [::1])",
+             host);
+    return false;
 }
 
 /* Unix user and group names as useradd accepts them by default. */
@@ -638,6 +715,16 @@ static bool set_value(struct parse *p, const struct key_def *def, void *base, co
     case VAL_GROUP:
         if (value[0] != '\0' && !unix_name_ok(value))
             return fail_at(p, p->lineno, "%s: '%s' is not a valid group name", def->name, value);
+        break;
+    case VAL_LISTEN: {
+        struct sockaddr_storage ss;
+        if (!config_listen_parse(value, &ss, why, sizeof(why)))
+            return fail_at(p, p->lineno, "%s: %s", def->name, why);
+        break;
+    }
+    case VAL_LANGUAGE:
+        if (strcmp(value, "de") != 0 && strcmp(value, "en") != 0)
+            return fail_at(p, p->lineno, "%s: expected de or en, got '%s'", def->name, value);
         break;
     case VAL_USERS:
         return parse_users(p, def, value, (char(*)[CONFIG_NAME_LEN])(void *)field,
@@ -1004,6 +1091,12 @@ void config_defaults(struct config *cfg)
     cfg->sync_poll_ms = 60 * MS_SEC;
     cfg->sync_heartbeat_ms = 5 * MS_MIN;
 
+    cfg->ui_enabled = false;
+    set_str(cfg->ui_listen, sizeof(cfg->ui_listen), "127.0.0.1:8080");
+    set_str(cfg->ui_dir, sizeof(cfg->ui_dir), LOCKERD_UI_DIR);
+    set_str(cfg->ui_language, sizeof(cfg->ui_language), "de");
+    cfg->ui_speech = false;
+
     snprintf(buf, sizeof(buf), "%s/control.sock", cfg->runtime_dir);
     if (!set_str(cfg->socket_path, sizeof(cfg->socket_path), buf))
         set_str(cfg->socket_path, sizeof(cfg->socket_path), "/run/lockerd/control.sock");
@@ -1084,6 +1177,8 @@ static void print_value(const struct key_def *def, const void *base, FILE *out)
     case VAL_GROUP:
     case VAL_AID:
     case VAL_URL:
+    case VAL_LISTEN:
+    case VAL_LANGUAGE:
         fputs(field, out);
         break;
     case VAL_DURATION:
@@ -1134,6 +1229,8 @@ static bool value_empty(const struct key_def *def, const void *base)
     case VAL_GROUP:
     case VAL_AID:
     case VAL_URL:
+    case VAL_LISTEN:
+    case VAL_LANGUAGE:
         return field[0] == '\0';
     case VAL_USERS:
         return *(const int *)(const void *)((const char *)base + def->count_offset) == 0;

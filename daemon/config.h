@@ -26,6 +26,11 @@
 enum gpio_backend { GPIO_BACKEND_SIM, GPIO_BACKEND_GPIOD };
 enum reader_backend { READER_BACKEND_SIM, READER_BACKEND_LIBNFC };
 enum card_auth { CARD_AUTH_DESFIRE, CARD_AUTH_UID_INSECURE };
+/* Where `make install` puts ui/; the Makefile passes its PREFIX. */
+#ifndef LOCKERD_UI_DIR
+#define LOCKERD_UI_DIR "/usr/local/share/lockerd/ui"
+#endif
+
 enum line_bias { LINE_BIAS_AS_IS, LINE_BIAS_DISABLED, LINE_BIAS_PULL_UP, LINE_BIAS_PULL_DOWN };
 
 /* A GPIO line as written in the config: "GPIO17", "gpiochip0:17" or
@@ -99,6 +104,13 @@ struct config {
     int64_t sync_poll_ms;          /* feeds polled at least this often; default 60s */
     int64_t sync_heartbeat_ms;     /* status sent this often; default 5m */
 
+    /* [ui] the kiosk screen's server (daemon/ui.c, docs/kiosk.md) */
+    bool ui_enabled;       /* default no: a station without a screen serves nothing */
+    char ui_listen[64];    /* loopback address:port; default 127.0.0.1:8080 */
+    char ui_dir[PATH_MAX]; /* the page's files; default PREFIX/share/lockerd/ui */
+    char ui_language[8];   /* "de" or "en": the language the screen starts in */
+    bool ui_speech;        /* spoken prompts through espeak-ng; default no */
+
     int n_compartments;
     struct compartment_cfg compartments[CONFIG_MAX_COMPARTMENTS]; /* sorted by number */
 };
@@ -112,6 +124,10 @@ bool config_load(const char *path, struct config *cfg, char *err, size_t errlen)
 void config_print(const struct config *cfg, FILE *out);
 /* Formats a line spec back to its config form ("GPIO27, active-low, pull-up"). */
 void config_line_format(const struct line_cfg *line, char *buf, size_t len);
+/* "127.0.0.1:8080" or "[::1]:8080" into a socket address; false (reason in why) for
+ * anything else, including an address that is not loopback. */
+struct sockaddr_storage;
+bool config_listen_parse(const char *value, struct sockaddr_storage *out, char *why, size_t whylen);
 /* Compartment by number, or NULL. */
 const struct compartment_cfg *config_compartment(const struct config *cfg, int number);
 

@@ -31,6 +31,7 @@
 #include "daemon/clock.h"
 #include "daemon/log.h"
 #include "daemon/report.h"
+#include "daemon/selftest.h"
 #include "daemon/sync.h"
 #include "daemon/timeutil.h"
 
@@ -74,6 +75,8 @@ struct control {
     int watch;
     struct client *clients;
     struct enrolment enrol;
+    struct selftest *selftest;      /* the running self-test, NULL if none */
+    struct client *selftest_client; /* who gets its result */
     bool unlink_on_free;
 };
 
@@ -896,6 +899,39 @@ static json_t *cmd_sync_now(struct client *cl, json_t *args, struct cmd_err *err
     return json_pack("{s:I}", "cycle", (json_int_t)cycle);
 }
 
+/* Deferred reply: the result comes when the run ends (lock pulses and the city
+ * API's sync cycle take seconds; the loop keeps serving meanwhile). */
+static void selftest_done(json_t *result, void *arg)
+{
+    struct control *ctl = arg;
+    struct client *cl = ctl->selftest_client;
+    ctl->selftest = NULL;
+    ctl->selftest_client = NULL;
+    reply_ok(cl, result);
+}
+
+static json_t *cmd_selftest(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    struct control *ctl = cl->ctl;
+    json_t *locks = json_object_get(args, "locks");
+    if (locks && !json_is_boolean(locks))
+        return fail(err, "bad_request", "'locks' must be true or false");
+    if (ctl->selftest)
+        return fail(err, "busy", "a self-test is running already");
+    struct selftest_opts opts = {
+        .locks = locks == NULL || json_is_true(locks),
+        .operator_name = cl->user,
+    };
+    ctl->selftest_client = cl;
+    ctl->selftest = selftest_start(ctl->cfg, ctl->loop, ctl->store, ctl->st, ctl->sync, &opts,
+                                   selftest_done, ctl);
+    if (!ctl->selftest) {
+        ctl->selftest_client = NULL;
+        return fail(err, "internal_error", "cannot arm timer");
+    }
+    return json_incref(json_null()); /* marker: reply later */
+}
+
 /* ---- simulation ---- */
 
 static json_t *tap_result(struct client *cl)
@@ -1051,6 +1087,7 @@ static const struct command commands[] = {
     {"prune", ROLE_TECHNICIAN, cmd_prune},
     {"sync.status", ROLE_MEMBER, cmd_sync_status},
     {"sync.now", ROLE_MANAGER, cmd_sync_now},
+    {"selftest", ROLE_TECHNICIAN, cmd_selftest},
     {"sim.tap", ROLE_MEMBER, cmd_sim_tap},
     {"sim.remove", ROLE_MEMBER, cmd_sim_remove},
     {"sim.door", ROLE_MEMBER, cmd_sim_door},
@@ -1206,6 +1243,11 @@ static void client_close(struct client *cl)
     struct control *ctl = cl->ctl;
     if (ctl->enrol.client == cl)
         enrol_finish(ctl);
+    if (ctl->selftest_client == cl) {
+        selftest_cancel(ctl->selftest);
+        ctl->selftest = NULL;
+        ctl->selftest_client = NULL;
+    }
     for (struct client **p = &ctl->clients; *p; p = &(*p)->next) {
         if (*p == cl) {
             *p = cl->next;

@@ -3,8 +3,8 @@
  *
  * Modules are initialised in dependency order and torn down in reverse:
  *   config -> time zone -> directories -> site key -> store -> loop -> station
- *   (drives every lock inactive) -> control socket -> station_start (rebuild from
- *   sensors) -> run.
+ *   (drives every lock inactive) -> control socket -> sync -> kiosk screen ->
+ *   station_start (rebuild from sensors) -> run.
  * Start-up failures are fatal with a message; after READY nothing may exit the
  * process except SIGTERM/SIGINT.
  */
@@ -32,6 +32,7 @@
 #include "daemon/sync.h"
 #include "daemon/syncworker.h"
 #include "daemon/timeutil.h"
+#include "daemon/ui.h"
 
 #define DEFAULT_CONFIG "/etc/lockerd/lockerd.conf"
 #define SITE_KEY_LEN   32
@@ -44,6 +45,7 @@ struct daemon {
     struct station *station;
     struct control *control;
     struct sync *sync;
+    struct ui *ui;
     bool debug;          /* -d: stays in force across reloads */
     int64_t watchdog_ms; /* systemd watchdog ping interval; 0: no watchdog */
 };
@@ -150,6 +152,7 @@ static void on_reload(int signo, void *arg)
     station_reconfigure(d->station, next);
     control_reconfigure(d->control, next);
     sync_reconfigure(d->sync, next);
+    ui_reconfigure(d->ui, next);
     free(d->cfg);
     d->cfg = next;
     log_notice("configuration reloaded from %s", d->config_path);
@@ -298,7 +301,15 @@ int main(int argc, char **argv)
         fatalx("%s", err);
     }
     control_set_sync(d.control, d.sync);
+    d.ui = ui_new(d.cfg, d.loop, d.store, d.station, err, sizeof(err));
+    if (!d.ui) {
+        sync_free(d.sync);
+        control_free(d.control);
+        station_free(d.station);
+        fatalx("%s", err);
+    }
     if (station_start(d.station) != 0) {
+        ui_free(d.ui);
         sync_free(d.sync);
         control_free(d.control);
         station_free(d.station);
@@ -320,6 +331,7 @@ int main(int argc, char **argv)
     signal(SIGINT, SIG_IGN);
 
     station_mark_clean_shutdown(d.station);
+    ui_free(d.ui);
     sync_free(d.sync);
     control_free(d.control);
     station_free(d.station); /* every lock line inactive */

@@ -57,6 +57,9 @@ struct comp {
     bool key_present; /* last sensor reading */
     struct comp_row row;
     int energize_timer, held_timer, overdue_timer; /* loop watch ids, 0 = none */
+    int64_t pulse_ms;    /* set around a self-test unlock: a shorter coil time */
+    int64_t energize_ms; /* coil time of the current unlock */
+    unsigned door_opens; /* door-open edges seen, for the self-test */
 };
 
 struct station {
@@ -261,7 +264,11 @@ static void enter_state(struct comp *c, enum comp_state next)
                  comp_state_name(next));
 
     if (next == CS_UNLOCKING && prev != CS_UNLOCKING) {
-        int id = loop_add_timer(st->loop, st->cfg->max_energize_ms, energize_timeout, c);
+        /* A self-test pulse may be shorter than max_energize, never longer. */
+        c->energize_ms = st->cfg->max_energize_ms;
+        if (c->pulse_ms > 0 && c->pulse_ms < c->energize_ms)
+            c->energize_ms = c->pulse_ms;
+        int id = loop_add_timer(st->loop, c->energize_ms, energize_timeout, c);
         if (id < 0) {
             /* Without a timer the coil could stay on: do not energise at all. */
             log_errx("compartment %d: cannot arm coil timer; not unlocking", c->number);
@@ -487,6 +494,7 @@ static void update_sensor(struct comp *c, enum comp_event ev)
     switch (ev) {
     case CE_DOOR_OPEN:
         c->door_open = true;
+        c->door_opens++;
         break;
     case CE_DOOR_CLOSE:
         c->door_open = false;
@@ -569,7 +577,7 @@ static void fsm_unlocking(struct comp *c, enum comp_event ev)
             c->row = next;
         json_decref(detail);
         log_info("compartment %d: door not opened within %lld ms, relocked", c->number,
-                 (long long)st->cfg->max_energize_ms);
+                 (long long)c->energize_ms);
         break;
     }
     case CE_KEY_IN:
@@ -1210,6 +1218,64 @@ int station_service_open(struct station *st, int n, const char *operator_name, c
     if (rc == 0)
         log_notice("compartment %d: service open by %s: %s", n, operator_name, reason);
     return rc;
+}
+
+int station_selftest_pulse(struct station *st, int n, const char *operator_name, int64_t pulse_ms)
+{
+    struct comp *c = comp_by_number(st, n);
+    if (!c || pulse_ms <= 0)
+        return STATION_EINVAL;
+    if (c->door_open)
+        return STATION_EBUSY;
+    json_t *detail = json_pack(
+        "{s:s,s:I}", "purpose", "selftest", "pulseMs",
+        (json_int_t)(pulse_ms < st->cfg->max_energize_ms ? pulse_ms : st->cfg->max_energize_ms));
+    struct unlock_req req = {
+        .purpose = "selftest",
+        .operator_name = operator_name,
+        .event_type = "service.selftest",
+        .detail = detail,
+    };
+    c->pulse_ms = pulse_ms;
+    int rc = comp_unlock(c, &req);
+    c->pulse_ms = 0;
+    json_decref(detail);
+    if (rc == 0)
+        log_info("compartment %d: self-test pulse by %s", n, operator_name);
+    return rc;
+}
+
+int64_t station_selftest_record(struct station *st, const char *operator_name, json_t *detail)
+{
+    struct event ev = {
+        .type = "station.selftest",
+        .operator_name = operator_name,
+        .detail = detail,
+    };
+    int64_t seq = emit(st, &ev);
+    if (seq < 0)
+        log_errx("could not record the self-test");
+    return seq;
+}
+
+int station_comp_check(struct station *st, int n, struct comp_check *out)
+{
+    struct comp *c = comp_by_number(st, n);
+    if (!c)
+        return STATION_EINVAL;
+    memset(out, 0, sizeof(*out));
+    out->state = c->state;
+    out->door_open = c->door_open;
+    out->key_present = c->key_present;
+    out->lock_on = st->gops->get(st->gdev, c->lock) > 0;
+    out->door_opens = c->door_opens;
+    snprintf(out->oos_reason, sizeof(out->oos_reason), "%s", c->row.oos_reason);
+    return 0;
+}
+
+int station_reader_info(struct station *st, char *buf, size_t len)
+{
+    return st->rops->info(st->rdev, buf, len);
 }
 
 int station_clear(struct station *st, int n, const char *operator_name, const char *reason)

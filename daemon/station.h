@@ -99,6 +99,29 @@ int station_clear(struct station *st, int n, const char *operator_name, const ch
 /* Takes a compartment out of service (technician). */
 int station_disable(struct station *st, int n, const char *operator_name, const char *reason);
 
+/* ---- self-test (daemon/selftest.c) ---- */
+
+/* What the self-test reads of one compartment. */
+struct comp_check {
+    enum comp_state state;
+    bool door_open, key_present; /* last debounced sensor readings */
+    bool lock_on;                /* the lock output as the GPIO backend reads it back */
+    unsigned door_opens;         /* door-open edges since start: compare before/after */
+    char oos_reason[64];         /* why it is out of service, if it is */
+};
+int station_comp_check(struct station *st, int n, struct comp_check *out);
+/* reader_ops.info of the station's reader: 0 and a description, or -errno and why
+ * the reader is not available. */
+int station_reader_info(struct station *st, char *buf, size_t len);
+/* Pulses the lock of an idle compartment for pulse_ms (at most max_energize):
+ * logs service.selftest and the intent, then energises, as any unlock. A door that
+ * opens makes it an open service compartment (closed again by the technician);
+ * otherwise the lock goes off when the pulse ends. Returns 0, STATION_EBUSY
+ * (unlocking or open), STATION_ESTATE (out of service) or STATION_ESTORE. */
+int station_selftest_pulse(struct station *st, int n, const char *operator_name, int64_t pulse_ms);
+/* Records the self-test's summary (station.selftest). Returns its seq or -1. */
+int64_t station_selftest_record(struct station *st, const char *operator_name, json_t *detail);
+
 /* Current state, for status output. New reference. */
 json_t *station_status_json(struct station *st);
 enum comp_state station_comp_state(const struct station *st, int n);

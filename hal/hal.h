@@ -96,6 +96,12 @@ struct reader_ops {
     /* on: the next card is personalised for this site instead of read (lockerctl
      * card issue); off: back to reading. Returns 0 or -errno. */
     int (*issue_next)(struct reader_dev *dev, bool on);
+    /* What the reader is, for `lockerctl selftest`: writes a description such as
+     * "PN532 v1.6 (pn532_uart:/dev/serial0)" into buf (always NUL-terminated) and
+     * returns 0 while the reader is open, or writes why it is not and returns -errno
+     * (-EIO: lost or not found, reopening with back-off; -EAGAIN: still opening).
+     * Never talks to the device: it reports what the backend last saw. */
+    int (*info)(struct reader_dev *dev, char *buf, size_t len);
 };
 
 extern const struct reader_ops reader_sim_ops;

@@ -35,6 +35,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,6 +59,7 @@
 #define READ_TRIES       3    /* card reads per presentation that may break off */
 #define STALL_MS         1000 /* an aborted call still in libnfc after this is stuck */
 #define SHUTDOWN_WAIT_MS 5000 /* longest wait at close for a reader thread stuck in libnfc */
+#define INFO_LEN         128
 
 /* InAutoPoll: the chip polls POLL_ROUNDS times for each of the two target types libnfc
  * asks for (ISO 14443-4A and MIFARE), POLL_PERIOD x 150 ms each, then answers "no
@@ -113,6 +115,8 @@ struct reader_dev {
     struct queued queue[QUEUE_LEN]; /* under mu */
     int qhead, qlen;
     bool fault_reported;
+    char info[INFO_LEN]; /* under mu: what reader_ops.info reports */
+    int info_err;        /* under mu: 0 while the device is open, else -errno */
 };
 
 static int64_t mono_ms(void)
@@ -155,6 +159,44 @@ static void post(struct reader_dev *r, enum reader_event_type type, const struct
     uint64_t one = 1;
     if (write(r->efd, &one, sizeof(one)) != (ssize_t)sizeof(one))
         log_warn("reader: eventfd write");
+}
+
+/* Records what info() reports and wakes the event loop, so that a supervising
+ * process (reader_proc.c) can pass the change on at once. */
+static __attribute__((format(printf, 3, 4))) void set_info(struct reader_dev *r, int err,
+                                                           const char *fmt, ...)
+{
+    va_list ap;
+    pthread_mutex_lock(&r->mu);
+    va_start(ap, fmt);
+    vsnprintf(r->info, sizeof(r->info), fmt, ap);
+    va_end(ap);
+    r->info_err = err;
+    pthread_mutex_unlock(&r->mu);
+    uint64_t one = 1;
+    if (write(r->efd, &one, sizeof(one)) != (ssize_t)sizeof(one))
+        log_warn("reader: eventfd write");
+}
+
+/* "PN532 v1.6 on pn532_uart:/dev/serial0": the chip and firmware as libnfc read
+ * them at open (GetFirmwareVersion), else the driver's device name. */
+static void describe(nfc_device *dev, char *out, size_t len)
+{
+    char *about = NULL;
+    const char *chip = NULL;
+    int chiplen = 0;
+    if (nfc_device_get_information_about(dev, &about) >= 0 && about != NULL) {
+        chip = strstr(about, "chip: ");
+        if (chip != NULL) {
+            chip += strlen("chip: ");
+            chiplen = (int)strcspn(chip, "\n");
+        }
+    }
+    if (chip != NULL && chiplen > 0)
+        snprintf(out, len, "%.*s on %s", chiplen, chip, nfc_device_get_connstring(dev));
+    else
+        snprintf(out, len, "%s", nfc_device_get_name(dev));
+    nfc_free(about);
 }
 
 /* Sleeps up to ms, returning early (true) when asked to stop. */
@@ -450,6 +492,7 @@ static void *reader_main(void *arg)
         if (!dev) {
             if (!r->fault_reported) {
                 log_warnx("reader: %s not available; retrying with back-off", r->connstring);
+                set_info(r, -EIO, "%.96s not available; reopening with back-off", r->connstring);
                 post(r, READER_FAULT, NULL);
                 r->fault_reported = true;
             }
@@ -466,6 +509,9 @@ static void *reader_main(void *arg)
             log_info("reader: %s open (%s)", r->connstring, nfc_device_get_name(dev));
         r->fault_reported = false;
         backoff = BACKOFF_MIN_MS;
+        char about[INFO_LEN];
+        describe(dev, about, sizeof(about));
+        set_info(r, 0, "%s", about);
 
         bool healthy = true;
         while (healthy && !stopping(r)) {
@@ -491,6 +537,7 @@ static void *reader_main(void *arg)
         close_device(r, dev);
         if (!healthy && !stopping(r)) {
             log_warnx("reader: lost %s; reopening", r->connstring);
+            set_info(r, -EIO, "lost %.96s; reopening with back-off", r->connstring);
             post(r, READER_FAULT, NULL);
             r->fault_reported = true;
         }
@@ -515,6 +562,8 @@ static struct reader_dev *nfc_open_backend(const struct config *cfg, reader_even
     r->cb_arg = arg;
     r->efd = -1;
     r->port_fd = -1;
+    r->info_err = -EAGAIN;
+    snprintf(r->info, sizeof(r->info), "opening %.96s", r->connstring);
     /* USB readers are found by libnfc itself: nothing to lock. */
     r->lockable = device_path(r->connstring, path, sizeof(path));
     if (r->lockable) {
@@ -679,6 +728,15 @@ static int nfc_issue_next(struct reader_dev *r, bool on)
     return 0;
 }
 
+static int nfc_info(struct reader_dev *r, char *buf, size_t len)
+{
+    pthread_mutex_lock(&r->mu);
+    snprintf(buf, len, "%s", r->info);
+    int err = r->info_err;
+    pthread_mutex_unlock(&r->mu);
+    return err;
+}
+
 const struct reader_ops reader_libnfc_ops = {
     .name = "libnfc",
     .open = nfc_open_backend,
@@ -686,4 +744,5 @@ const struct reader_ops reader_libnfc_ops = {
     .event_fd = nfc_event_fd,
     .dispatch = nfc_dispatch,
     .issue_next = nfc_issue_next,
+    .info = nfc_info,
 };

@@ -22,6 +22,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -41,18 +42,25 @@
 #define RESTART_MIN_MS   500
 #define RESTART_MAX_MS   30000
 #define STABLE_MS        60000 /* a child that lived this long resets the back-off */
+#define INFO_LEN         128
 
 enum msg_type {
-    MSG_OPENED = 1, /* child -> parent: value = 0 or -errno from the backend's open */
+    MSG_OPENED = 1, /* child -> parent: value = 0 or -errno from the backend's open,
+                       info_err and text = its info() */
     MSG_EVENT,      /* child -> parent: a reader event */
     MSG_ISSUE,      /* parent -> child: value = issue_next(on) */
+    MSG_INFO,       /* child -> parent: info() changed: info_err and text */
 };
 
+/* Every message has this one size; the receiver checks the size, the type and that
+ * text is terminated. */
 struct msg {
     uint32_t type;
     int32_t value;
-    uint32_t event; /* enum reader_event_type */
+    uint32_t event;   /* enum reader_event_type */
+    int32_t info_err; /* 0 or -errno, as reader_ops.info returns */
     struct card_read card;
+    char text[INFO_LEN];
 };
 
 struct reader_dev {
@@ -64,6 +72,8 @@ struct reader_dev {
     int64_t started_ms;
     int64_t backoff_ms;
     bool issue; /* re-sent to a restarted child */
+    char info[INFO_LEN];
+    int info_err;
 };
 
 static int64_t mono_ms(void)
@@ -106,8 +116,16 @@ static __attribute__((noreturn)) void child_main(const struct config *cfg, int s
     int err = 0;
     struct reader_dev *r = reader_libnfc_ops.open(cfg, child_event, &sock, &err);
     struct msg m = {.type = MSG_OPENED, .value = r ? 0 : (err ? err : -EIO)};
+    if (r)
+        m.info_err = reader_libnfc_ops.info(r, m.text, sizeof(m.text));
+    else
+        m.info_err = m.value;
+    if (!r)
+        snprintf(m.text, sizeof(m.text), "cannot open %.80s: %.32s", cfg->reader_connstring,
+                 strerror(-m.value));
     if (send(sock, &m, sizeof(m), MSG_NOSIGNAL) != (ssize_t)sizeof(m) || !r)
         _exit(r ? 1 : 2);
+    struct msg sent = m;
 
     struct pollfd pfd[2] = {
         {.fd = reader_libnfc_ops.event_fd(r), .events = POLLIN},
@@ -119,8 +137,17 @@ static __attribute__((noreturn)) void child_main(const struct config *cfg, int s
                 continue;
             break;
         }
-        if (pfd[0].revents & POLLIN)
+        if (pfd[0].revents & POLLIN) {
             reader_libnfc_ops.dispatch(r);
+            /* The reader thread wakes us on every change of what info() says. */
+            struct msg im = {.type = MSG_INFO};
+            im.info_err = reader_libnfc_ops.info(r, im.text, sizeof(im.text));
+            if (im.info_err != sent.info_err || strcmp(im.text, sent.text) != 0) {
+                if (send(sock, &im, sizeof(im), MSG_NOSIGNAL) != (ssize_t)sizeof(im))
+                    log_warn("reader process: cannot pass the reader state to lockerd");
+                sent = im;
+            }
+        }
         if (pfd[1].revents & (POLLIN | POLLHUP | POLLERR)) {
             ssize_t n = recv(sock, &m, sizeof(m), 0);
             if (n <= 0)
@@ -134,6 +161,19 @@ static __attribute__((noreturn)) void child_main(const struct config *cfg, int s
 }
 
 /* ------------------------------------------------------------ parent */
+
+static void set_info(struct reader_dev *r, int err, const char *text)
+{
+    r->info_err = err > 0 ? -EIO : err;
+    snprintf(r->info, sizeof(r->info), "%s", text);
+}
+
+/* Takes over what the child says about its reader. */
+static void take_info(struct reader_dev *r, struct msg *m)
+{
+    m->text[sizeof(m->text) - 1] = '\0';
+    set_info(r, m->info_err, m->text);
+}
 
 static int spawn(struct reader_dev *r)
 {
@@ -155,6 +195,7 @@ static int spawn(struct reader_dev *r)
     r->sock = sv[0];
     r->child = pid;
     r->started_ms = mono_ms();
+    set_info(r, -EAGAIN, "reader process starting");
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = r->sock};
     if (epoll_ctl(r->epfd, EPOLL_CTL_ADD, r->sock, &ev) < 0)
         return -errno;
@@ -209,6 +250,7 @@ static void child_died(struct reader_dev *r)
         .it_value = {.tv_sec = r->backoff_ms / 1000, .tv_nsec = (r->backoff_ms % 1000) * 1000000}};
     timerfd_settime(r->timerfd, 0, &its, NULL);
     r->backoff_ms = r->backoff_ms * 2 > RESTART_MAX_MS ? RESTART_MAX_MS : r->backoff_ms * 2;
+    set_info(r, -EIO, "the reader process ended; restarting it with back-off");
     r->cb(READER_FAULT, NULL, r->cb_arg);
 }
 
@@ -247,6 +289,7 @@ static struct reader_dev *proc_open(const struct config *cfg, reader_event_cb cb
         *err = m.value;
         goto err_kill;
     }
+    take_info(r, &m);
     return r;
 
 err_kill:
@@ -306,8 +349,12 @@ static int proc_dispatch(struct reader_dev *r)
                 r->cb((enum reader_event_type)m.event, m.event == READER_CARD ? &m.card : NULL,
                       r->cb_arg);
                 count++;
-            } else if (m.type == MSG_OPENED && m.value < 0) {
-                log_warnx("reader process: cannot open the reader: %s", strerror(-m.value));
+            } else if (m.type == MSG_OPENED) {
+                if (m.value < 0)
+                    log_warnx("reader process: cannot open the reader: %s", strerror(-m.value));
+                take_info(r, &m);
+            } else if (m.type == MSG_INFO) {
+                take_info(r, &m);
             }
             OPENSSL_cleanse(&m, sizeof(m));
             if (r->sock < 0)
@@ -332,6 +379,12 @@ static int proc_issue_next(struct reader_dev *r, bool on)
     return send(r->sock, &m, sizeof(m), MSG_NOSIGNAL) == (ssize_t)sizeof(m) ? 0 : -EIO;
 }
 
+static int proc_info(struct reader_dev *r, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s", r->info);
+    return r->info_err;
+}
+
 const struct reader_ops reader_libnfc_supervised_ops = {
     .name = "libnfc",
     .open = proc_open,
@@ -339,4 +392,5 @@ const struct reader_ops reader_libnfc_supervised_ops = {
     .event_fd = proc_event_fd,
     .dispatch = proc_dispatch,
     .issue_next = proc_issue_next,
+    .info = proc_info,
 };

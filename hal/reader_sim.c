@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -119,6 +120,13 @@ static int sim_issue_next(struct reader_dev *dev, bool on)
     return 0;
 }
 
+static int sim_info(struct reader_dev *dev, char *buf, size_t len)
+{
+    (void)dev;
+    snprintf(buf, len, "sim reader");
+    return 0;
+}
+
 const struct reader_ops reader_sim_ops = {
     .name = "sim",
     .open = sim_open,
@@ -126,4 +134,5 @@ const struct reader_ops reader_sim_ops = {
     .event_fd = sim_event_fd,
     .dispatch = sim_dispatch,
     .issue_next = sim_issue_next,
+    .info = sim_info,
 };

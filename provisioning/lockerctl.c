@@ -1317,6 +1317,119 @@ static int cmd_sim_clock(struct ctl *ctl, int argc, char **argv)
     return simple(ctl, "sim.clock", json_pack("{s:s}", "advance", pos[1]), print_now);
 }
 
+/* ------------------------------------------------------------ self-test */
+
+/* Only the person at the cabinet can tell whether a lock whose door stayed closed
+ * clicked. Anything but an explicit yes counts as no. */
+static bool ask_click(json_int_t n)
+{
+    char line[32];
+    printf("Did the lock of compartment %lld click? [y/N] ", (long long)n);
+    fflush(stdout);
+    if (!fgets(line, sizeof(line), stdin))
+        return false;
+    return line[0] == 'y' || line[0] == 'Y';
+}
+
+/* Turns the daemon's "confirm" checks into pass or fail (or "unconfirmed" when
+ * nobody can answer). Returns true when every check passed, warned or was skipped. */
+static bool settle_checks(json_t *checks, bool yes, bool ask)
+{
+    bool ok = true;
+    size_t i;
+    json_t *c;
+    json_array_foreach(checks, i, c)
+    {
+        const char *status = json_string_value(json_object_get(c, "status"));
+        if (status && strcmp(status, "confirm") == 0) {
+            const char *verdict = "unconfirmed";
+            const char *why = "not confirmed by a person (run on a terminal, or --yes)";
+            if (yes) {
+                verdict = "pass";
+                why = "lock pulsed; click confirmed with --yes";
+            } else if (ask && ask_click(json_integer_value(json_object_get(c, "compartment")))) {
+                verdict = "pass";
+                why = "lock pulsed; the technician heard it click";
+            } else if (ask) {
+                verdict = "fail";
+                why = "lock pulsed; the technician heard no click";
+            }
+            char detail[200];
+            snprintf(detail, sizeof(detail), "%s; door %s, key %s", why, str_or(c, "door", "?"),
+                     str_or(c, "key", "?"));
+            json_object_set_new(c, "status", json_string(verdict));
+            json_object_set_new(c, "detail", json_string(detail));
+            status = verdict;
+        }
+        if (!status || (strcmp(status, "pass") != 0 && strcmp(status, "warn") != 0 &&
+                        strcmp(status, "skip") != 0))
+            ok = false;
+    }
+    return ok;
+}
+
+static void print_selftest(json_t *r)
+{
+    printf("%-16s %-12s %s\n", "check", "status", "detail");
+    size_t i;
+    json_t *c;
+    int bad = 0;
+    json_array_foreach(json_object_get(r, "checks"), i, c)
+    {
+        char name[48];
+        const char *status = str_or(c, "status", "?");
+        json_t *n = json_object_get(c, "compartment");
+        if (n)
+            snprintf(name, sizeof(name), "%s %lld", str_or(c, "name", "?"),
+                     (long long)json_integer_value(n));
+        else
+            snprintf(name, sizeof(name), "%s", str_or(c, "name", "?"));
+        printf("%-16s %-12s %s\n", name, status, str_or(c, "detail", ""));
+        if (strcmp(status, "pass") != 0 && strcmp(status, "warn") != 0 &&
+            strcmp(status, "skip") != 0)
+            bad++;
+    }
+    if (json_is_true(json_object_get(r, "ok")))
+        printf("\nselftest: ok\n");
+    else
+        printf("\nselftest: FAILED (%d check%s)\n", bad, bad == 1 ? "" : "s");
+}
+
+/* The daemon runs the checks (lock pulses take a moment each) and answers once at
+ * the end; the questions about clicks come after that. */
+static int cmd_selftest(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const flags[] = {"--yes", "--no-locks", NULL};
+    int rc = expect(argc, argv, NULL, flags, NULL, 0);
+    if (rc)
+        return rc;
+    bool yes = opt_flag(argc, argv, "--yes");
+    bool locks = !opt_flag(argc, argv, "--no-locks");
+    bool ask = !yes && !ctl->json && isatty(STDIN_FILENO);
+    if (!ctl->json && locks) {
+        printf("pulsing the idle compartments' locks one after another: listen for each "
+               "click\n");
+        fflush(stdout);
+    }
+    json_t *reply, *result;
+    rc = call(ctl, "selftest", json_pack("{s:b}", "locks", locks), &reply, &result);
+    if (rc) {
+        json_decref(reply);
+        return rc;
+    }
+    bool ok = settle_checks(json_object_get(result, "checks"), yes, ask);
+    json_object_set_new(result, "ok", json_boolean(ok));
+    if (ctl->json) {
+        print_json(result);
+    } else {
+        if (ask)
+            putchar('\n');
+        print_selftest(result);
+    }
+    json_decref(reply);
+    return ok ? 0 : EXIT_REFUSED;
+}
+
 /* ------------------------------------------------------------ provisioning */
 
 /* Runs on the station itself, without the daemon (provision.c). */
@@ -1378,6 +1491,9 @@ static const struct cmd commands[] = {
     {"sim", "outputs", "", "simulated output lines (locks) and inputs", cmd_sim_outputs},
     {"sim", "clock", "advance DURATION", "move the simulated clock forward (sim_clock = yes)",
      cmd_sim_clock},
+    {"selftest", NULL, "[--yes] [--no-locks] [--json]",
+     "check reader, locks and sensors, database, event log, clock, disk, city API (technicians)",
+     cmd_selftest},
     {"provision", NULL,
      "--station ID --url URL --token TOKEN --ca FILE [--template FILE] [--dry-run] ...",
      "make this station known to the city API: key, certificate, config (as root, on the station)",

@@ -289,7 +289,7 @@ static const struct bad_case bad_cases[] = {
      "url: expected https://host[:port]/path (no query), got 'https://city.example/v1?x=1'"},
     {"api poll interval too short", ST "[api]\npoll_interval = 1s\n" C1, 4,
      "poll_interval: must be between 5s and 1d, got '1s'"},
-    {"empty unknown section", ST C1 "[ui]\n", 7, "unknown section [ui]"},
+    {"empty unknown section", ST C1 "[screen]\n", 7, "unknown section [screen]"},
     {"compartment 0", ST "[compartment.0]\n", 3,
      "compartment number in [compartment.0] must be 1 to 32"},
     {"compartment 33", ST "[compartment.33]\n", 3,

@@ -21,6 +21,7 @@
 
 #include "daemon/config.h"
 #include "daemon/log.h"
+#include "daemon/opendata.h"
 #include "daemon/report.h"
 #include "daemon/store.h"
 #include "daemon/timeutil.h"
@@ -389,6 +390,89 @@ static void test_bounds(void **state)
     assert_int_equal(to, at("2026-04-10T15:00+02:00"));
 }
 
+/* The open-data documents carry the same facts per slot, and nothing personal. */
+static void test_opendata(void **state)
+{
+    struct fixture *f = *state;
+    /* hall-a: collected 10 min late, key back 30 min after the 16:00 end (grace 15
+     * min: late); a no-show; hall-b: cancelled; compartment 3 (no hall): pending. */
+    booking(f, "b1", "c1", 1, "2026-03-02T14:00+01:00", "2026-03-02T16:00+01:00", false);
+    booking(f, "b2", "c2", 1, "2026-03-03T14:00+01:00", "2026-03-03T16:00+01:00", false);
+    booking(f, "b3", "c1", 2, "2026-03-04T14:00+01:00", "2026-03-04T16:00+01:00", true);
+    booking(f, "b4", "c2", 3, "2026-03-05T18:00+01:00", "2026-03-05T20:00+01:00", false);
+    event(f, "key.checkedOut", 1, "b1", "2026-03-02T14:10+01:00");
+    event(f, "key.returned", 1, NULL, "2026-03-02T16:30+01:00");
+
+    char err[128] = "";
+    json_t *d = opendata_build(f->s, &f->cfg, at("2026-03-01T00:00+01:00"),
+                               at("2026-03-08T00:00+01:00"), at("2026-03-05T12:00+01:00"), false,
+                               err, sizeof err);
+    assert_non_null(d);
+    json_t *things = json_object_get(json_object_get(d, "sensorthings"), "Things");
+    assert_int_equal(json_array_size(things), 3); /* hall-a, hall-b, compartment-3 */
+    json_t *a = json_array_get(things, 0);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(a, "properties"), "hall")),
+                        "hall-a");
+    json_t *ds = json_object_get(a, "Datastreams");
+    json_t *slots = json_object_get(json_array_get(ds, 0), "Observations");
+    assert_int_equal(json_array_size(slots), 2);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(slots, 0), "result")),
+                        "collected");
+    json_t *par = json_object_get(json_array_get(slots, 0), "parameters");
+    assert_int_equal(json_integer_value(json_object_get(par, "pickupDelaySeconds")), 600);
+    assert_int_equal(json_integer_value(json_object_get(par, "keyOutSeconds")), 140 * 60);
+    assert_null(json_object_get(par, "club"));
+    assert_string_equal(json_string_value(json_object_get(json_array_get(slots, 1), "result")),
+                        "no-show");
+    json_t *removed = json_object_get(json_array_get(ds, 1), "Observations");
+    assert_int_equal(json_array_size(removed), 1);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(removed, 0), "result")),
+                        "removed");
+    json_t *sessions = json_object_get(json_array_get(ds, 2), "Observations");
+    assert_int_equal(json_array_size(sessions), 1);
+    json_t *s0 = json_array_get(sessions, 0);
+    assert_int_equal(json_integer_value(json_object_get(s0, "result")), 140 * 60);
+    assert_true(json_is_true(json_object_get(json_object_get(s0, "parameters"), "returnedLate")));
+    assert_string_equal(json_string_value(json_object_get(s0, "phenomenonTime")),
+                        "2026-03-02T13:10:00.000Z/2026-03-02T15:30:00.000Z");
+
+    json_t *b = json_array_get(things, 1);
+    json_t *bslots = json_object_get(json_array_get(json_object_get(b, "Datastreams"), 0),
+                                     "Observations");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(bslots, 0), "result")),
+                        "cancelled");
+    json_t *c = json_array_get(things, 2);
+    json_t *cslots = json_object_get(json_array_get(json_object_get(c, "Datastreams"), 0),
+                                     "Observations");
+    assert_string_equal(json_string_value(json_object_get(json_array_get(cslots, 0), "result")),
+                        "pending");
+
+    /* NGSI-LD: the station, then one entity per slot. */
+    json_t *ld = json_object_get(d, "ngsiLd");
+    assert_int_equal(json_array_size(ld), 5);
+    json_t *e1 = json_array_get(ld, 1);
+    assert_string_equal(json_string_value(json_object_get(e1, "id")),
+                        "urn:ngsi-ld:HallSlotUsage:st-test:b1");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(e1, "usageStatus"), "value")),
+        "collected");
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(e1, "lateReturns"),
+                                                        "value")),
+                     1);
+    assert_null(json_object_get(e1, "club"));
+    char *text = json_dumps(d, 0);
+    assert_null(strstr(text, "c1")); /* no club anywhere without publish_club */
+    free(text);
+    json_decref(d);
+
+    d = opendata_build(f->s, &f->cfg, at("2026-03-01T00:00+01:00"), at("2026-03-08T00:00+01:00"),
+                       at("2026-03-05T12:00+01:00"), true, err, sizeof err);
+    e1 = json_array_get(json_object_get(d, "ngsiLd"), 1);
+    assert_string_equal(json_string_value(json_object_get(json_object_get(e1, "club"), "value")),
+                        "c1");
+    json_decref(d);
+}
+
 int main(void)
 {
     log_init("test_report", LOG_LVL_WARNING);
@@ -397,6 +481,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_empty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_weeks_dst, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bounds, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_opendata, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,355 @@
+#!/usr/bin/env node
+// test_ui.js - the kiosk screen in a real browser (Debian's Chromium, headless,
+// driven by playwright-core) against a simulated station.
+//
+//   node tests/ui/test_ui.js        (LOCKERD, LOCKERCTL: binaries; CHROMIUM: browser)
+//
+// For a grant, each refusal class the simulation can produce, a return and an
+// alarm, the screen must say the catalogue's words, in German and after one touch
+// in English; axe-core must find no WCAG 2.1 A/AA violation in any of these
+// views; nothing the server sends may carry a member, club or card id; the page
+// must show "out of service" when lockerd stops and recover when it is back.
+// Screenshots at 800x480 and 1024x600 go to tests/artefacts/ui/.
+//
+// Exit status: 0 all passed, 1 a check failed, 77 skipped (no browser or modules).
+"use strict";
+
+const fs = require("fs");
+const http = require("http");
+const path = require("path");
+const { Station, waitFor, REPO } = require("./station");
+
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTEFACTS = path.resolve(process.env.UI_ARTEFACTS || path.join(REPO, "tests", "artefacts", "ui"));
+const SIZES = [[800, 480], [1024, 600]];
+const DOM_TIMEOUT = 10000;
+
+let playwright, axeSource;
+try {
+  playwright = require("playwright-core");
+  axeSource = fs.readFileSync(require.resolve("axe-core/axe.min.js"), "utf8");
+} catch (e) {
+  console.log("test_ui: SKIPPED: playwright-core/axe-core not installed (run `npm ci` in tests/ui)");
+  process.exit(77);
+}
+if (!fs.existsSync(CHROMIUM)) {
+  console.log("test_ui: SKIPPED: no browser at " + CHROMIUM + " (apt-get install chromium)");
+  process.exit(77);
+}
+
+const cat = {
+  de: JSON.parse(fs.readFileSync(path.join(REPO, "ui", "i18n", "de.json"), "utf8")),
+  en: JSON.parse(fs.readFileSync(path.join(REPO, "ui", "i18n", "en.json"), "utf8")),
+};
+function fill(s, vars) { return s.replace(/\{(\w+)\}/g, (m, k) => (vars && k in vars ? String(vars[k]) : m)); }
+// The text of a catalogue entry up to its first placeholder that vars do not fill.
+function prefix(lang, key, vars) {
+  const s = fill(cat[lang][key], vars);
+  const i = s.indexOf("{");
+  return i < 0 ? s : s.slice(0, i);
+}
+
+let failures = 0;
+let checks = 0;
+function ok(cond, what) {
+  checks++;
+  if (!cond) { failures++; console.log("test_ui: FAIL: " + what); }
+}
+
+// ------------------------------------------------------------------ helpers
+
+async function screen(page) {
+  return page.evaluate(() => ({
+    view: document.body.dataset.view,
+    reason: document.body.dataset.reason,
+    lang: document.documentElement.lang,
+    title: document.getElementById("title").textContent,
+    body: document.getElementById("body").textContent,
+    extra: document.getElementById("extra").textContent,
+    countdown: document.getElementById("countdown").hidden ? "" : document.getElementById("countdown-text").textContent,
+    alarms: document.getElementById("alarms").hidden ? "" : document.getElementById("alarms-text").textContent,
+    say: document.getElementById("say").textContent + document.getElementById("say-alarm").textContent,
+    lit: Array.from(document.querySelectorAll("#station g.lit")).map((g) => Number(g.dataset.n)),
+  }));
+}
+
+async function waitView(page, view, reason, what) {
+  try {
+    await page.waitForFunction(([v, r]) => document.body.dataset.view === v &&
+      (r === null || document.body.dataset.reason === r), [view, reason], { timeout: DOM_TIMEOUT });
+  } catch (e) {
+    const s = await screen(page);
+    throw new Error("screen did not show " + what + " (view " + view + ", reason " + reason + "); it shows " + JSON.stringify(s));
+  }
+}
+
+async function setLang(page, lang) {
+  if ((await screen(page)).lang === lang) return;
+  await page.click("#lang");
+  await page.waitForFunction((l) => document.documentElement.lang === l, lang, { timeout: DOM_TIMEOUT });
+}
+
+// The screen in both languages: expect(lang, screen) returns a list of [ok, what].
+async function checkBoth(page, name, expect) {
+  for (const lang of ["de", "en"]) {
+    await setLang(page, lang);
+    await page.waitForFunction(() => true);
+    const s = await screen(page);
+    for (const [cond, what] of expect(lang, s)) ok(cond, name + " [" + lang + "]: " + what + " — screen: " + JSON.stringify(s));
+  }
+  await setLang(page, "de");
+}
+
+const axeSeen = new Set();
+async function axe(page, name) {
+  await page.evaluate(axeSource + "\n;0");
+  const res = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: "tag", values: ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"] },
+    resultTypes: ["violations"],
+  }));
+  for (const v of res.violations) {
+    ok(false, "axe (" + name + "): " + v.id + ": " + v.help + " at " + v.nodes.map((n) => n.target.join(" ")).join(", "));
+  }
+  if (!res.violations.length) checks++;
+  axeSeen.add(name);
+}
+
+async function shots(page, name) {
+  fs.mkdirSync(ARTEFACTS, { recursive: true });
+  for (const [w, h] of SIZES) {
+    await page.setViewportSize({ width: w, height: h });
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    // Nothing may overflow the screen: a kiosk cannot scroll.
+    const fits = await page.evaluate(() => {
+      const m = document.getElementById("message");
+      return document.documentElement.scrollHeight <= innerHeight + 1 && m.scrollHeight <= m.clientHeight + 2;
+    });
+    ok(fits, name + " fits " + w + "x" + h + " without scrolling or clipping");
+    await page.screenshot({ path: path.join(ARTEFACTS, name + "-" + w + "x" + h + ".png") });
+  }
+  await page.setViewportSize({ width: SIZES[0][0], height: SIZES[0][1] });
+}
+
+// Every view is checked the same way: both languages, axe, screenshots.
+async function outcome(page, name, view, reason, expect) {
+  await waitView(page, view, reason, name);
+  await checkBoth(page, name, expect);
+  await axe(page, name);
+  await shots(page, name);
+}
+
+function httpGet(url, headers = {}, maxMs = 0) {
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, { headers }, (res) => {
+      let body = "";
+      res.setEncoding("utf8");
+      res.on("data", (d) => { body += d; });
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body }));
+      if (maxMs) setTimeout(() => { req.destroy(); resolve({ status: res.statusCode, headers: res.headers, body }); }, maxMs);
+    });
+    req.on("error", reject);
+  });
+}
+
+// ------------------------------------------------------------------ the test
+
+async function main() {
+  const st = new Station();
+  let browser;
+  try {
+    await st.start();
+    const S = st;
+
+    // Clubs, members and cards: one per refusal class.
+    const members = {};
+    const uids = { A: "04A1B2C3D4E501", A2: "04A1B2C3D4E502", B: "04A1B2C3D4E503", C: "04A1B2C3D4E504",
+      D: "04A1B2C3D4E505", E: "04A1B2C3D4E506", R: "04A1B2C3D4E507", X: "04FFEEDDCCBB99" };
+    const clubs = { A: "club-a", A2: "club-a", B: "club-b", C: "club-c", D: "club-d", E: "club-e", R: "club-r" };
+    for (const c of ["club-a", "club-b", "club-c", "club-d", "club-e", "club-r"]) S.ctl(["club", "add", c, "Verein " + c]);
+    for (const m of Object.keys(clubs)) {
+      const r = S.ctl(["member", "add", "--club", clubs[m], "--name", "Mitglied " + m]);
+      members[m] = r.id || r.member || r.memberId;
+      S.ctl(["card", "add", members[m], "--uid", uids[m]]);
+    }
+    const revoke = S.ctl(["card", "add", members.R, "--uid", "04A1B2C3D4E508"]);
+    S.ctl(["card", "revoke", revoke.id || revoke.card || revoke.credential]);
+    S.ctl(["booking", "add", "--club", "club-a", "--compartment", 2, "--from", S.at(-10), "--to", S.at(120)]);
+    S.ctl(["booking", "add", "--club", "club-b", "--compartment", 3, "--from", S.at(2 * 1440), "--to", S.at(2 * 1440 + 90)]);
+    S.ctl(["booking", "add", "--club", "club-c", "--compartment", 4, "--from", S.at(180), "--to", S.at(240)]);
+    S.ctl(["booking", "add", "--club", "club-d", "--compartment", 1, "--from", S.at(-5), "--to", S.at(60)]);
+    S.ctl(["booking", "add", "--club", "club-e", "--compartment", 3, "--from", S.at(-5), "--to", S.at(60)]);
+
+    // ---- plain HTTP: headers, types, the Host check, no personal data
+    const idx = await httpGet(st.url);
+    ok(idx.status === 200 && /text\/html/.test(idx.headers["content-type"]), "GET / is HTML");
+    ok(/default-src 'self'/.test(idx.headers["content-security-policy"] || ""), "GET / has a CSP with default-src 'self'");
+    ok(idx.headers["x-content-type-options"] === "nosniff", "GET / has X-Content-Type-Options: nosniff");
+    ok(!/<script>|\son[a-z]+=/i.test(idx.body), "index.html has no inline script or handler");
+    const js = await httpGet(st.url + "kiosk.js");
+    ok(/text\/javascript/.test(js.headers["content-type"]), "kiosk.js is served as JavaScript");
+    ok((await httpGet(st.url + "i18n/de.json")).headers["content-type"] === "application/json", "catalogues are JSON");
+    ok((await httpGet(st.url + "../README.md")).status === 404, "no way out of [ui] dir");
+    ok((await httpGet(st.url + ".hidden")).status === 404, "no dot files");
+    ok((await httpGet(st.url, { Host: "evil.example:80" })).status === 421, "a foreign Host header is refused (DNS rebinding)");
+    const sse = await httpGet(st.url + "api/events", {}, 300);
+    ok(/text\/event-stream/.test(sse.headers["content-type"]) && /no-store/.test(sse.headers["cache-control"]),
+      "the event stream is text/event-stream and not cached");
+
+    // ---- the browser
+    browser = await playwright.chromium.launch({
+      executablePath: CHROMIUM, headless: true,
+      args: ["--no-sandbox", "--disable-gpu", "--font-render-hinting=none"],
+    });
+    const ctx = await browser.newContext({ viewport: { width: 800, height: 480 }, reducedMotion: "reduce" });
+    const page = await ctx.newPage();
+    const consoleErrors = [];
+    page.on("console", (m) => { if (m.type() === "error") consoleErrors.push(m.text()); });
+    page.on("pageerror", (e) => consoleErrors.push(String(e)));
+
+    // A second listener on the stream, to look for personal data in all of it.
+    let streamText = "";
+    const streamReq = http.get(st.url + "api/events", (res) => { res.setEncoding("utf8"); res.on("data", (d) => { streamText += d; }); });
+    streamReq.on("error", () => {});
+
+    await page.goto(st.url);
+    await outcome(page, "idle", "idle", null, (l, s) => [
+      [s.title === cat[l]["idle.title"], "idle title"],
+      [s.body === cat[l]["idle.body"], "idle body"],
+    ]);
+    ok((await page.$$eval("#station g[data-n]", (g) => g.length)) === 4, "the drawing shows 4 compartments");
+    const target = await page.$eval("#lang", (b) => { const r = b.getBoundingClientRect(); return [r.width, r.height]; });
+    ok(target[0] >= 44 && target[1] >= 44, "the language button is at least 44x44 px (" + target + ")");
+
+    // ---- grant, pickup
+    S.ctl(["sim", "tap", uids.A]);
+    await outcome(page, "granted", "granted", "pickup", (l, s) => [
+      [s.title === fill(cat[l]["granted.pickup.title"], { n: 2 }), "grant title names compartment 2"],
+      [s.body === cat[l]["granted.pickup.body"], "grant body: open, take, close"],
+      [s.countdown.startsWith(prefix(l, "countdown.open")) || s.countdown === cat[l]["countdown.late"], "countdown to open the door"],
+      [s.lit.length === 1 && s.lit[0] === 2, "compartment 2 lit in the drawing"],
+      [s.say.includes(fill(cat.de["granted.pickup.title"], { n: 2 })), "announced in the live region"],
+    ]);
+    // busy: a co-trainer taps while compartment 2 is unlocking
+    S.ctl(["sim", "tap", uids.A2]);
+    await outcome(page, "refused-busy", "refused", "compartment-busy", (l, s) => [
+      [s.title === cat[l]["refused.title"], "refusal title"],
+      [s.body === cat[l]["refused.compartment-busy"], "busy text"],
+    ]);
+    S.ctl(["sim", "door", 2, "open"]);
+    S.ctl(["sim", "key", 2, "take"]);
+    // The door opening records no event: the status poll brings it.
+    S.ctl(["sim", "door", 2, "close"]);
+    await outcome(page, "pickup-done", "done", "pickup", (l, s) => [
+      [s.title === cat[l]["done.pickup.title"], "key taken title"],
+      [s.body === fill(cat[l]["done.pickup.body"], { n: 2 }), "key taken body"],
+    ]);
+
+    // ---- refusals
+    const refusals = [
+      ["unknown-card", ["sim", "tap", uids.X], (l) => cat[l]["refused.unknown-card"]],
+      ["revoked", ["sim", "tap", "04A1B2C3D4E508"], (l) => cat[l]["refused.revoked"]],
+      ["no-booking", ["sim", "tap", uids.B], (l) => cat[l]["refused.no-booking"]],
+      ["outside-pickup-window", ["sim", "tap", uids.C], (l) => prefix(l, "refused.outside-pickup-window.early")],
+      ["insecure-card", ["sim", "tap", uids.C, "--card", "uid"], (l) => cat[l]["refused.insecure-card"]],
+      ["card-auth-failed", ["sim", "tap", uids.C, "--card", "clone"], (l) => cat[l]["refused.card-auth-failed"]],
+    ];
+    for (const [reason, tap, text] of refusals) {
+      const r = S.ctl(tap);
+      ok(r.reason === reason || r.refusal === reason || JSON.stringify(r).includes(reason), "lockerctl says " + reason + ": " + JSON.stringify(r));
+      await outcome(page, "refused-" + reason, "refused", reason, (l, s) => {
+        const checksFor = [
+          [s.title === cat[l]["refused.title"], "refusal title"],
+          [s.body.startsWith(text(l)) && s.body.length > 10, "refusal text"],
+          [s.say.length > 0, "announced"],
+        ];
+        if (reason === "no-booking") checksFor.push([s.extra.startsWith(prefix(l, "refused.next")), "next booking time shown"]);
+        if (reason === "outside-pickup-window") checksFor.push([/\d\d:\d\d/.test(s.body), "the time from which the key can be taken"]);
+        return checksFor;
+      });
+    }
+    // key-already-out: a service open takes compartment 1's key; club-d's trainer taps
+    S.ctl(["open", 1, "--reason", "ui test"]);
+    await waitView(page, "service", null, "service open");
+    S.ctl(["sim", "door", 1, "open"]);
+    S.ctl(["sim", "key", 1, "take"]);
+    S.ctl(["sim", "door", 1, "close"]);
+    S.ctl(["sim", "tap", uids.D]);
+    await outcome(page, "refused-key-already-out", "refused", "key-already-out", (l, s) => [
+      [s.body === cat[l]["refused.key-already-out"], "key out text"],
+    ]);
+    // out-of-service: compartment 3 disabled; club-e's trainer taps
+    S.ctl(["disable", 3, "--reason", "ui test"]);
+    S.ctl(["sim", "tap", uids.E]);
+    await outcome(page, "refused-out-of-service", "refused", "out-of-service", (l, s) => [
+      [s.body === cat[l]["refused.out-of-service"], "out of service text"],
+      [s.lit.length === 1 && s.lit[0] === 3, "compartment 3 marked"],
+    ]);
+
+    // ---- return
+    S.ctl(["sim", "tap", uids.A]);
+    await outcome(page, "granted-return", "granted", "return", (l, s) => [
+      [s.title === fill(cat[l]["granted.return.title"], { n: 2 }), "return title"],
+      [s.body === cat[l]["granted.return.body"], "return body"],
+    ]);
+    S.ctl(["sim", "door", 2, "open"]);
+    await page.waitForFunction((t) => document.getElementById("body").textContent === t, cat.de["open.return.body"], { timeout: DOM_TIMEOUT });
+    ok((await screen(page)).countdown.startsWith(prefix("de", "countdown.close")), "countdown to close the door");
+    S.ctl(["sim", "key", 2, "put"]);
+    S.ctl(["sim", "door", 2, "close"]);
+    await outcome(page, "returned", "done", "return", (l, s) => [
+      [s.title === cat[l]["done.return.title"], "returned title"],
+      [s.body === fill(cat[l]["done.return.body"], { n: 2 }), "returned body"],
+    ]);
+
+    // ---- alarm: a door forced open
+    S.ctl(["sim", "door", 4, "open"]);
+    await outcome(page, "alarm-door-forced", "alarm", "door.forced", (l, s) => [
+      [s.title === cat[l]["alarm.title"], "alarm title"],
+      [s.body === fill(cat[l]["alarm.door.forced"], { n: 4 }), "forced text"],
+      [s.alarms.includes(fill(cat[l]["alarm.door.forced"], { n: 4 })), "alarm banner"],
+      [s.lit.includes(4), "compartment 4 marked"],
+    ]);
+    S.ctl(["sim", "door", 4, "close"]);
+    await page.waitForFunction(() => document.getElementById("alarms").hidden, null, { timeout: DOM_TIMEOUT });
+
+    // ---- personal data: nothing in the stream or the status names anyone
+    const status = await httpGet(st.url + "api/status");
+    const seen = streamText + status.body;
+    for (const m of Object.keys(members)) ok(!seen.includes(members[m]), "member id of " + m + " not sent to the screen");
+    for (const c of ["club-a", "club-d", "club-e"]) ok(!seen.includes(c), "club id " + c + " not sent to the screen");
+    for (const u of Object.values(uids)) ok(!seen.toLowerCase().includes(u.toLowerCase()), "card UID " + u + " not sent");
+    ok(!/operator|hash|credential|"member"/.test(seen), "no operator, hash, credential or member fields");
+    ok(/event: station/.test(streamText) && /event: status/.test(streamText), "the stream carried events and status");
+    streamReq.destroy();
+
+    // ---- lockerd stops: out of service; it comes back: the screen recovers
+    await st.stop();
+    await outcome(page, "offline", "offline", null, (l, s) => [
+      [s.title === cat[l]["offline.title"], "offline title"],
+    ]);
+    await st.start();
+    await waitView(page, "idle", null, "the screen back after lockerd restarted");
+    ok(true, "recovered");
+
+    const csp = consoleErrors.filter((e) => /Content.Security.Policy|Refused to/i.test(e));
+    ok(csp.length === 0, "no CSP violations: " + csp.join(" | "));
+    const other = consoleErrors.filter((e) => !/Content.Security.Policy|Refused to|ERR_CONNECTION_REFUSED|net::ERR|EventSource|Failed to load resource/i.test(e));
+    ok(other.length === 0, "no script errors: " + other.join(" | "));
+
+    const stopped = await st.stop();
+    ok(stopped && stopped.code === 0, "lockerd exits 0 on SIGTERM");
+    ok(!/ERROR: AddressSanitizer|runtime error:|ERROR: LeakSanitizer/.test(st.stderr()), "no sanitizer findings");
+  } catch (e) {
+    failures++;
+    console.log("test_ui: FAIL: " + (e.stack || e));
+    console.log("---- lockerd stderr (tail) ----\n" + st.stderr().split("\n").slice(-30).join("\n"));
+  } finally {
+    if (browser) await browser.close();
+    st.cleanup();
+  }
+  console.log("test_ui: " + checks + " checks, " + failures + " failed; " + axeSeen.size +
+    " views checked with axe-core; screenshots in " + path.relative(process.cwd(), ARTEFACTS));
+  process.exit(failures ? 1 : 0);
+}
+
+main();
