@@ -49,6 +49,7 @@ enum section_kind {
     SEC_CONTROL,
     SEC_API,
     SEC_UI,
+    SEC_OPENDATA,
     SEC_COMPARTMENT,
 };
 #define N_FIXED_SECTIONS SEC_COMPARTMENT
@@ -152,6 +153,9 @@ static const struct key_def keys[] = {
     {SEC_UI, "language", VAL_LANGUAGE, CFG_STR(ui_language), 0, 0, 0},
     {SEC_UI, "speech", VAL_BOOL, CFG_VAL(ui_speech), 0, 0, 0},
 
+    /* Whether the open-data documents name the club of a slot (docs/opendata.md). */
+    {SEC_OPENDATA, "publish_club", VAL_BOOL, CFG_VAL(opendata_publish_club), 0, 0, 0},
+
     {SEC_COMPARTMENT, "lock", VAL_LINE_REQUIRED, COMP_VAL(lock), 0, 0, 0},
     {SEC_COMPARTMENT, "door", VAL_LINE_REQUIRED, COMP_VAL(door), 0, 0, 0},
     {SEC_COMPARTMENT, "key", VAL_LINE_REQUIRED, COMP_VAL(key), 0, 0, 0},
@@ -247,6 +251,8 @@ static const char *section_name(enum section_kind kind)
         return "api";
     case SEC_UI:
         return "ui";
+    case SEC_OPENDATA:
+        return "opendata";
     case SEC_COMPARTMENT:
         return "compartment";
     }

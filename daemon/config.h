@@ -111,6 +111,9 @@ struct config {
     char ui_language[8];   /* "de" or "en": the language the screen starts in */
     bool ui_speech;        /* spoken prompts through espeak-ng; default no */
 
+    /* [opendata] */
+    bool opendata_publish_club; /* clubs in the open-data documents; default no */
+
     int n_compartments;
     struct compartment_cfg compartments[CONFIG_MAX_COMPARTMENTS]; /* sorted by number */
 };

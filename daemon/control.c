@@ -30,6 +30,7 @@
 
 #include "daemon/clock.h"
 #include "daemon/log.h"
+#include "daemon/opendata.h"
 #include "daemon/report.h"
 #include "daemon/selftest.h"
 #include "daemon/sync.h"
@@ -879,6 +880,27 @@ static json_t *cmd_report(struct client *cl, json_t *args, struct cmd_err *err)
     return r ? r : fail(err, "internal_error", "report: %s", why);
 }
 
+/* The report's facts as open data (opendata.h), for the same period arguments. */
+static json_t *cmd_opendata(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    int64_t now = clock_wall_ms(), from, to, dummy;
+    bool have_from, have_to;
+    report_default_period(now, &from, &to);
+    if (!arg_bound(args, "from", false, &from, &have_from, err) ||
+        !arg_bound(args, "to", true, &to, &have_to, err))
+        return NULL;
+    if (have_to && !have_from)
+        report_default_period(to, &from, &dummy);
+    if (from >= to)
+        return fail(err, "bad_request", "the period is empty: --from must be before --to");
+    if (to - from > (int64_t)REPORT_MAX_DAYS * 86400000)
+        return fail(err, "bad_request", "a report covers at most %d days", REPORT_MAX_DAYS);
+    char why[128] = "";
+    json_t *r = opendata_build(cl->ctl->store, cl->ctl->cfg, from, to, now,
+                               cl->ctl->cfg->opendata_publish_club, why, sizeof(why));
+    return r ? r : fail(err, "internal_error", "open data: %s", why);
+}
+
 static json_t *cmd_sync_status(struct client *cl, json_t *args, struct cmd_err *err)
 {
     (void)args;
@@ -1077,6 +1099,7 @@ static const struct command commands[] = {
     {"member.export", ROLE_MANAGER, cmd_member_export},
     {"member.erase", ROLE_TECHNICIAN, cmd_member_erase},
     {"report", ROLE_MANAGER, cmd_report},
+    {"opendata", ROLE_MANAGER, cmd_opendata},
     {"card.add", ROLE_MANAGER, cmd_card_add},
     {"card.enroll", ROLE_MANAGER, cmd_card_enroll},
     {"card.issue", ROLE_TECHNICIAN, cmd_card_issue},

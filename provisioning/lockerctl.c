@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <limits.h>
 #include <string.h>
 #include <time.h>
 #include <sys/socket.h>
@@ -1045,9 +1046,41 @@ static int write_svg(const char *path, json_t *r)
     return 0;
 }
 
+/* Writes one JSON document to path, atomically enough for a file a cron job copies
+ * on: a temporary file renamed into place. */
+static int write_json(const char *path, json_t *doc)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) {
+        fprintf(stderr, "lockerctl: %s: name too long\n", path);
+        return EXIT_REFUSED;
+    }
+    if (json_dump_file(doc, tmp, JSON_INDENT(1) | JSON_ENSURE_ASCII) != 0 ||
+        rename(tmp, path) != 0) {
+        fprintf(stderr, "lockerctl: cannot write %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+        return EXIT_REFUSED;
+    }
+    return 0;
+}
+
+/* --sensorthings FILE, --ngsi-ld FILE: the open-data documents for the period. */
+static int write_opendata(struct ctl *ctl, json_t *period, const char *st, const char *ld)
+{
+    json_t *reply, *r;
+    int rc = call(ctl, "opendata", period, &reply, &r);
+    if (rc == 0 && st)
+        rc = write_json(st, json_object_get(r, "sensorthings"));
+    if (rc == 0 && ld)
+        rc = write_json(ld, json_object_get(r, "ngsiLd"));
+    json_decref(reply);
+    return rc;
+}
+
 static int cmd_report(struct ctl *ctl, int argc, char **argv)
 {
-    static const char *const valued[] = {"--from", "--to", "--svg", NULL};
+    static const char *const valued[] = {"--from",         "--to",      "--svg",
+                                         "--sensorthings", "--ngsi-ld", NULL};
     static const char *const flags[] = {"--csv", NULL};
     int rc = expect(argc, argv, valued, flags, NULL, 0);
     if (rc)
@@ -1060,11 +1093,22 @@ static int cmd_report(struct ctl *ctl, int argc, char **argv)
         return usage_error("%s", "--csv and --json exclude each other");
     if (svg && !svg[0])
         return usage_error("%s", "--svg needs a file name");
+    const char *st = opt_value(argc, argv, "--sensorthings", &bad);
+    const char *ld = opt_value(argc, argv, "--ngsi-ld", &bad);
+    if ((st && !st[0]) || (ld && !ld[0]))
+        return usage_error("%s", "--sensorthings and --ngsi-ld need a file name");
     json_t *args = json_object();
     if (from)
         json_object_set_new(args, "from", json_string(from));
     if (to)
         json_object_set_new(args, "to", json_string(to));
+    if (st || ld) {
+        rc = write_opendata(ctl, json_deep_copy(args), st, ld);
+        if (rc) {
+            json_decref(args);
+            return rc;
+        }
+    }
     json_t *reply, *r;
     rc = call(ctl, "report", args, &reply, &r);
     if (rc)
@@ -1475,7 +1519,8 @@ static const struct cmd commands[] = {
      cmd_disable},
     {"prune", NULL, "", "prune events older than the retention period now (technicians)",
      cmd_prune},
-    {"report", NULL, "[--from DATE] [--to DATE] [--csv] [--svg FILE]",
+    {"report", NULL,
+     "[--from DATE] [--to DATE] [--csv] [--svg FILE] [--sensorthings FILE] [--ngsi-ld FILE]",
      "booked versus used per hall, compartment, club and week (default: the last 4 weeks)",
      cmd_report},
     {"sync", "now", "[--timeout S]", "synchronise with the city API now and wait for the result",
