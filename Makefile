@@ -120,6 +120,7 @@ check:
 	$(MAKE) BUILD=build-san unit pn532-check cityapi-check scenario
 	tests/test_docs.sh build-san
 	tests/test_systemd.sh build
+	tests/test_ansible.sh build
 	$(MAKE) BUILD=build-san ui-check
 
 # make check-vm: the gpiod backend against the kernel's gpio-sim in a qemu VM, built
