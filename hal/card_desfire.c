@@ -859,6 +859,42 @@ out:
     return rc;
 }
 
+/* The application exists. If its master key is still the default (AES zero), an
+ * issue of ours stopped before its last step (the card was pulled away, the reader
+ * lost power): nothing on it is secret yet, so it is deleted with the factory PICC
+ * master key and issuing starts over; returns -ENOENT then, as if it had never
+ * been there. An application whose master key is not the default belongs to
+ * someone (this site or another): -EEXIST, it is left alone. */
+static int repair_half_issued(nfc_device *dev, MifareTag tag, MifareDESFireAID aid)
+{
+    uint8_t zero[CARD_AES_KEY_LEN] = {0}, des_zero[8] = {0};
+    MifareDESFireKey kzero = mifare_desfire_aes_key_new(zero);
+    MifareDESFireKey picc = mifare_desfire_des_key_new_with_version(des_zero);
+    int rc;
+
+    if (kzero == NULL || picc == NULL) {
+        rc = -ENOMEM;
+    } else if (mifare_desfire_select_application(tag, aid) < 0) {
+        rc = ff_error(dev, tag, errno);
+    } else if (mifare_desfire_authenticate_aes(tag, KEY_APP_MASTER, kzero) < 0) {
+        rc = ff_error(dev, tag, errno) == -EIO ? -EIO : -EEXIST;
+    } else if (mifare_desfire_select_application(tag, NULL) < 0) {
+        rc = ff_error(dev, tag, errno);
+    } else if (mifare_desfire_authenticate(tag, 0, picc) < 0) {
+        rc = ff_error(dev, tag, errno) == -EIO ? -EIO : -EACCES;
+    } else if (mifare_desfire_delete_application(tag, aid) < 0) {
+        rc = ff_error(dev, tag, errno);
+    } else {
+        log_notice("card: deleted a half-issued application %06X (master key still the "
+                   "default); issuing again",
+                   (unsigned)mifare_desfire_aid_get_aid(aid));
+        rc = -ENOENT;
+    }
+    mifare_desfire_key_free(kzero);
+    mifare_desfire_key_free(picc);
+    return rc;
+}
+
 static int issue(nfc_device *dev, MifareTag tag, const uint8_t uid[DESFIRE_UID_LEN],
                  const struct card_keys *keys, uint8_t real_uid[DESFIRE_UID_LEN])
 {
@@ -870,7 +906,7 @@ static int issue(nfc_device *dev, MifareTag tag, const uint8_t uid[DESFIRE_UID_L
     if (aid == NULL)
         return -ENOMEM;
     if (mifare_desfire_select_application(tag, aid) == 0)
-        rc = -EEXIST;
+        rc = repair_half_issued(dev, tag, aid);
     else
         rc = ff_error(dev, tag, errno);
     free(aid);

@@ -766,6 +766,7 @@ static uint8_t cmd_delete_app(struct desfire *df, const uint8_t *cmd, size_t len
     if (!a || a == &df->picc)
         return ST_APP_NOT_FOUND;
     free_app(a);
+    emu_event("desfire deleted app %06X", (unsigned)le24(cmd + 1));
     r->sm = SM_PLAIN;
     return ST_OK;
 }

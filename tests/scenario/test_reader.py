@@ -344,6 +344,39 @@ class CardIssueTest(ReaderTestCase):
         self.take_away(emu)
         self.finish(st)
 
+    def test_issue_repairs_a_half_issued_card(self):
+        """An issue that stopped before its last step leaves the application with its
+        default master key: issuing again deletes it and starts over. One whose
+        master key is not the default is someone's and stays refused."""
+        st, emu = self.reader_station()
+        st.add_club("club-h")
+        m = st.add_member("club-h", "Half")
+        zero = "00" * 16
+        _, kread = self.card_keys(st, UID7)
+        proc = self.wait_for_card_cmd(st, "issue", m)
+        emu.skip()
+        # As left when the card was pulled after the credential file was written.
+        emu.cmd("card desfire %s app=%06X settings=09 key=aes:%s key=aes:%s "
+                "file=1:enc:1000:%s" % (UID7, AID, zero, kread.hex(), "00" * 16))
+        rc, card, err = self.card_cmd_result(proc)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(card["member"], m)
+        for line in ("auth ok 0 aes", "auth ok 0 des", "desfire deleted app %06X" % AID,
+                     "desfire created app %06X" % AID, "desfire changed key 0 aes"):
+            emu.wait(line)
+        self.take_away(emu)
+        self.assertIn("half-issued", st.stderr_text())
+
+        # Another site's card (a master key that is not the default) stays refused.
+        proc = self.wait_for_card_cmd(st, "issue", m)
+        emu.cmd("card desfire %s app=%06X settings=09 key=aes:%s key=aes:%s" %
+                (UID7_B, AID, "11" * 16, "22" * 16))
+        rc, reply, err = self.card_cmd_result(proc)
+        self.assertEqual(rc, 1)
+        self.assertEqual(reply["error"]["code"], "conflict")
+        self.take_away(emu)
+        self.finish(st)
+
     def test_enroll_issued_card(self):
         st, emu = self.reader_station()
         st.add_club("club-e")
