@@ -58,6 +58,7 @@ DAEMON_SRCS := daemon/loop.c       \
                daemon/store.c      \
                daemon/policy.c     \
                daemon/station.c    \
+               daemon/feedback.c   \
                daemon/selftest.c   \
                daemon/report.c     \
                daemon/opendata.c   \
@@ -77,17 +78,21 @@ HAL_SRCS    := hal/hal.c           \
 
 LOCKERD_SRCS   := daemon/main.c $(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS)
 LOCKERCTL_SRCS := provisioning/lockerctl.c provisioning/provision.c $(COMMON_SRCS)
+# The manager console: its own unprivileged process, speaking only the control socket.
+CONSOLE_SRCS   := daemon/console.c daemon/console_auth.c daemon/log.c
+CONSOLE_LIBS   := $(shell $(PKG_CONFIG) --libs jansson libcrypto libmicrohttpd) -pthread
+CONSOLEDIR     ?= $(PREFIX)/share/lockerd/console
 
 UNIT_TESTS  := test_config test_store test_policy test_station test_loop test_card test_report \
-               test_syncmsg test_syncworker test_selftest
+               test_syncmsg test_syncworker test_selftest test_feedback test_pin
 BENCH_SRCS  := tests/bench_tap.c tests/bench_report.c tests/bench_sync_fill.c
 
 obj = $(patsubst %.c,$(BUILD)/%.o,$(1))
 CORE_OBJS := $(call obj,$(DAEMON_SRCS) $(HAL_SRCS) $(COMMON_SRCS))
 
 .PHONY: all check check-vm check-deb cityapi-check unit scenario demo bench install clean format lint \
-        ui-check
-all: $(BUILD)/lockerd $(BUILD)/lockerctl
+        ui-check console-check
+all: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/lockerd-console
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -98,6 +103,9 @@ $(BUILD)/lockerd: $(call obj,$(LOCKERD_SRCS))
 
 $(BUILD)/lockerctl: $(call obj,$(LOCKERCTL_SRCS))
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/lockerd-console: $(call obj,$(CONSOLE_SRCS))
+	$(CC) $(LDFLAGS) -o $@ $^ $(CONSOLE_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(CORE_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) $(shell $(PKG_CONFIG) --libs cmocka)
@@ -122,6 +130,7 @@ check:
 	tests/test_systemd.sh build
 	tests/test_ansible.sh build
 	$(MAKE) BUILD=build-san ui-check
+	$(MAKE) BUILD=build-san console-check
 
 # make check-vm: the gpiod backend against the kernel's gpio-sim in a qemu VM, built
 # once with libgpiod 1.x and once with 2.x (tests/vm/run-vm-test.sh lists the packages).
@@ -147,6 +156,20 @@ ui-check: $(BUILD)/lockerd $(BUILD)/lockerctl
 	else \
 	    LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl CHROMIUM=$(CHROMIUM) \
 	        node tests/ui/test_ui.js; \
+	fi
+
+# The manager console in Debian's Chromium over HTTPS (tests/console/; the same
+# node modules as ui-check), skipped with a message like ui-check.
+console-check: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/lockerd-console
+	@if ! command -v node >/dev/null 2>&1; then \
+	    echo "console-check: SKIPPED: node is not installed (apt-get install nodejs npm)"; \
+	elif [ ! -x "$(CHROMIUM)" ]; then \
+	    echo "console-check: SKIPPED: no browser at $(CHROMIUM) (apt-get install chromium)"; \
+	elif [ ! -d tests/ui/node_modules/playwright-core ] || [ ! -d tests/ui/node_modules/axe-core ]; then \
+	    echo "console-check: SKIPPED: run 'npm ci' in tests/ui (provisioning/quickstart does)"; \
+	else \
+	    LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl CONSOLE=$(BUILD)/lockerd-console \
+	        CHROMIUM=$(CHROMIUM) node tests/console/test_console.js; \
 	fi
 
 # The city API reference server's own tests, and docs/openapi.yaml against it. The
@@ -177,12 +200,14 @@ bench: $(BUILD)/lockerd $(BUILD)/lockerctl $(BUILD)/bench_tap $(BUILD)/bench_rep
 	    python3 tests/bench_reader.py
 	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl BENCH_SYNC_FILL=$(BUILD)/bench_sync_fill \
 	    python3 tests/bench_sync.py $(BENCH_SYNC_ARGS)
+	LOCKERD=$(BUILD)/lockerd LOCKERCTL=$(BUILD)/lockerctl node tests/bench_ui.js 200
 
 install: all
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(SYSCONFDIR)/lockerd \
 	    $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	install -m 0755 $(BUILD)/lockerd $(DESTDIR)$(SBINDIR)/lockerd
 	install -m 0755 $(BUILD)/lockerctl $(DESTDIR)$(BINDIR)/lockerctl
+	install -m 0755 $(BUILD)/lockerd-console $(DESTDIR)$(SBINDIR)/lockerd-console
 	# A configured station keeps its config; the sample is always installed beside it.
 	install -m 0644 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf.sample
 	test -e $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf || \
@@ -201,6 +226,15 @@ install: all
 	sed -e 's|/usr/share/lockerd/ui/|$(UIDIR)/|g' \
 	    systemd/lockerd-kiosk.service >$(DESTDIR)$(SYSTEMDUNITDIR)/lockerd-kiosk.service
 	install -m 0644 systemd/lockerd-kiosk.sysusers $(DESTDIR)$(SYSUSERSDIR)/lockerd-kiosk.conf
+	# The manager console (docs/console.md).
+	install -d $(DESTDIR)$(CONSOLEDIR)/i18n
+	install -m 0644 ui/console/*.html ui/console/*.css ui/console/*.js ui/console/*.json \
+	    $(DESTDIR)$(CONSOLEDIR)/
+	install -m 0644 ui/console/i18n/*.json $(DESTDIR)$(CONSOLEDIR)/i18n/
+	sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/lockerd/|$(SYSCONFDIR)/lockerd/|g' \
+	    -e 's|/usr/share/lockerd/console|$(CONSOLEDIR)|g' \
+	    systemd/lockerd-console.service >$(DESTDIR)$(SYSTEMDUNITDIR)/lockerd-console.service
+	install -m 0644 systemd/lockerd-console.sysusers $(DESTDIR)$(SYSUSERSDIR)/lockerd-console.conf
 	sed -e 's|/etc/lockerd/|$(SYSCONFDIR)/lockerd/|g' \
 	    systemd/lockerd.tmpfiles >$(DESTDIR)$(TMPFILESDIR)/lockerd.conf
 

@@ -50,6 +50,7 @@ enum section_kind {
     SEC_API,
     SEC_UI,
     SEC_OPENDATA,
+    SEC_FEEDBACK,
     SEC_COMPARTMENT,
 };
 #define N_FIXED_SECTIONS SEC_COMPARTMENT
@@ -126,6 +127,9 @@ static const struct key_def keys[] = {
      INT64_MAX},
     {SEC_POLICY, "door_open_alarm", VAL_DURATION, CFG_VAL(door_open_alarm_ms), 0, MS_SEC,
      INT64_MAX},
+    /* Card + PIN (docs/kiosk.md): for every pickup, or per compartment (pin = yes). */
+    {SEC_POLICY, "pin_required", VAL_BOOL, CFG_VAL(pin_required), 0, 0, 0},
+    {SEC_POLICY, "pin_timeout", VAL_DURATION, CFG_VAL(pin_timeout_ms), 0, 5 * MS_SEC, 5 * MS_MIN},
 
     {SEC_CONTROL, "socket", VAL_PATH, CFG_STR(socket_path), 0, 0, 0},
     {SEC_CONTROL, "group", VAL_GROUP, CFG_STR(socket_group), 0, 0, 0},
@@ -133,6 +137,8 @@ static const struct key_def keys[] = {
      0},
     {SEC_CONTROL, "technicians", VAL_USERS, CFG_VAL(technicians),
      offsetof(struct config, n_technicians), 0, 0},
+    {SEC_CONTROL, "consoles", VAL_USERS, CFG_VAL(consoles), offsetof(struct config, n_consoles), 0,
+     0},
 
     /* An empty url keeps the station local: no worker process, no network. */
     {SEC_API, "url", VAL_URL, CFG_STR(sync_url), 0, 0, 0},
@@ -155,12 +161,22 @@ static const struct key_def keys[] = {
 
     /* Whether the open-data documents name the club of a slot (docs/opendata.md). */
     {SEC_OPENDATA, "publish_club", VAL_BOOL, CFG_VAL(opendata_publish_club), 0, 0, 0},
+    /* Each past day's document also PUT to the city API ([api] url needed). */
+    {SEC_OPENDATA, "push", VAL_BOOL, CFG_VAL(opendata_push), 0, 0, 0},
+
+    /* LED and buzzer lines; like all lines they change only with a restart. */
+    {SEC_FEEDBACK, "led_red", VAL_LINE, CFG_VAL(fb_red), 0, 0, 0},
+    {SEC_FEEDBACK, "led_green", VAL_LINE, CFG_VAL(fb_green), 0, 0, 0},
+    {SEC_FEEDBACK, "led_blue", VAL_LINE, CFG_VAL(fb_blue), 0, 0, 0},
+    {SEC_FEEDBACK, "led", VAL_LINE, CFG_VAL(fb_led), 0, 0, 0},
+    {SEC_FEEDBACK, "buzzer", VAL_LINE, CFG_VAL(fb_buzzer), 0, 0, 0},
 
     {SEC_COMPARTMENT, "lock", VAL_LINE_REQUIRED, COMP_VAL(lock), 0, 0, 0},
     {SEC_COMPARTMENT, "door", VAL_LINE_REQUIRED, COMP_VAL(door), 0, 0, 0},
     {SEC_COMPARTMENT, "key", VAL_LINE_REQUIRED, COMP_VAL(key), 0, 0, 0},
     {SEC_COMPARTMENT, "key_label", VAL_TEXT, COMP_STR(key_label), 0, 0, 0},
     {SEC_COMPARTMENT, "hall", VAL_TEXT, COMP_STR(hall), 0, 0, 0},
+    {SEC_COMPARTMENT, "pin", VAL_BOOL, COMP_VAL(pin), 0, 0, 0},
 };
 #define N_KEYS (sizeof(keys) / sizeof(keys[0]))
 
@@ -253,6 +269,8 @@ static const char *section_name(enum section_kind kind)
         return "ui";
     case SEC_OPENDATA:
         return "opendata";
+    case SEC_FEEDBACK:
+        return "feedback";
     case SEC_COMPARTMENT:
         return "compartment";
     }
@@ -911,7 +929,7 @@ struct line_use {
 static bool check_line_conflicts(struct parse *p)
 {
     static const char *const roles[] = {"lock", "door", "key"};
-    struct line_use uses[1 + 3 * CONFIG_MAX_COMPARTMENTS];
+    struct line_use uses[6 + 3 * CONFIG_MAX_COMPARTMENTS];
     const struct line_use *bad = NULL, *first = NULL;
     char la[40], lb[40];
     int n = 0;
@@ -919,6 +937,19 @@ static bool check_line_conflicts(struct parse *p)
     if (p->cfg->tamper.name[0] != '\0')
         uses[n++] = (struct line_use){p->cfg->tamper.name, SEC_GPIO, "tamper",
                                       key_line_of(p, SEC_GPIO, "tamper")};
+    const struct {
+        const struct line_cfg *line;
+        const char *key;
+    } fb[] = {{&p->cfg->fb_red, "led_red"},
+              {&p->cfg->fb_green, "led_green"},
+              {&p->cfg->fb_blue, "led_blue"},
+              {&p->cfg->fb_led, "led"},
+              {&p->cfg->fb_buzzer, "buzzer"}};
+    for (size_t i = 0; i < sizeof(fb) / sizeof(fb[0]); i++) {
+        if (fb[i].line->name[0] != '\0')
+            uses[n++] = (struct line_use){fb[i].line->name, SEC_FEEDBACK, fb[i].key,
+                                          key_line_of(p, SEC_FEEDBACK, fb[i].key)};
+    }
     for (int i = 0; i < p->cfg->n_compartments; i++) {
         const struct compartment_cfg *c = &p->cfg->compartments[i];
         const struct line_cfg *lines[] = {&c->lock, &c->door, &c->key};
@@ -965,6 +996,12 @@ static bool check_whole(struct parse *p)
     }
     if (!check_line_conflicts(p))
         return false;
+    if (cfg->fb_led.name[0] != '\0' &&
+        (cfg->fb_red.name[0] != '\0' || cfg->fb_green.name[0] != '\0' ||
+         cfg->fb_blue.name[0] != '\0'))
+        return fail_at(p, key_line_of(p, SEC_FEEDBACK, "led"),
+                       "[feedback] led (a single LED) and led_red/led_green/led_blue (an RGB "
+                       "LED) exclude each other");
     if (cfg->sim_clock && cfg->gpio_backend != GPIO_BACKEND_SIM)
         return fail_at(p, key_line_of(p, SEC_STATION, "sim_clock"),
                        "sim_clock = yes requires [gpio] backend = sim");
@@ -1087,6 +1124,8 @@ void config_defaults(struct config *cfg)
     cfg->return_grace_ms = 15 * MS_MIN;
     cfg->offline_max_age_ms = 72 * MS_HOUR;
     cfg->door_open_alarm_ms = 2 * MS_MIN;
+    cfg->pin_required = false;
+    cfg->pin_timeout_ms = 30 * MS_SEC;
 
     snprintf(buf, sizeof(buf), "%s/tls/ca.pem", cfg->state_dir);
     set_str(cfg->sync_ca_file, sizeof(cfg->sync_ca_file), buf);

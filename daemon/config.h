@@ -47,6 +47,7 @@ struct compartment_cfg {
     struct line_cfg lock, door, key;
     char key_label[CONFIG_NAME_LEN]; /* e.g. "Halle 2" printed on the key tag */
     char hall[CONFIG_NAME_LEN];      /* hall id this key opens */
+    bool pin;                        /* a pickup here needs card + PIN; default no */
 };
 
 struct config {
@@ -84,6 +85,8 @@ struct config {
     int64_t return_grace_ms;    /* key.overdue after slot end plus this; 15m */
     int64_t offline_max_age_ms; /* synced data older than this is not trusted; 72h */
     int64_t door_open_alarm_ms; /* door.heldOpen after this; 2m */
+    bool pin_required;          /* every pickup needs card + PIN; default no */
+    int64_t pin_timeout_ms;     /* a PIN not entered within this cancels the tap; 30s */
 
     /* [control] */
     char socket_path[PATH_MAX];         /* default RUNTIME_DIR/control.sock */
@@ -95,6 +98,10 @@ struct config {
     int n_managers;
     char technicians[CONFIG_MAX_USERS][CONFIG_NAME_LEN];
     int n_technicians;
+    /* Users that may act on behalf of a console account ({"as": ...}), up to their
+     * own role (the manager console, lockerd-console). */
+    char consoles[CONFIG_MAX_USERS][CONFIG_NAME_LEN];
+    int n_consoles;
 
     /* [api] the city's booking service (docs/api.md) */
     char sync_url[256];            /* https://host/keystation/v1; empty = local station */
@@ -111,8 +118,14 @@ struct config {
     char ui_language[8];   /* "de" or "en": the language the screen starts in */
     bool ui_speech;        /* spoken prompts through espeak-ng; default no */
 
+    /* [feedback] LED and buzzer (daemon/feedback.c); every line optional */
+    struct line_cfg fb_red, fb_green, fb_blue; /* an RGB LED */
+    struct line_cfg fb_led;                    /* or a single LED */
+    struct line_cfg fb_buzzer;                 /* an active buzzer (on/off) */
+
     /* [opendata] */
     bool opendata_publish_club; /* clubs in the open-data documents; default no */
+    bool opendata_push;         /* a daily summary PUT to the city API; default no */
 
     int n_compartments;
     struct compartment_cfg compartments[CONFIG_MAX_COMPARTMENTS]; /* sorted by number */

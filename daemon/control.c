@@ -23,6 +23,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -47,7 +48,11 @@ struct client {
     int watch;
     uid_t uid;
     char user[64];
-    enum member_role role;
+    enum member_role role;      /* of the current request */
+    enum member_role conn_role; /* of the Unix user */
+    bool console;               /* may act for its accounts ([control] consoles) */
+    const char *op;             /* operator of the current request: user or op_buf */
+    char op_buf[96];            /* "console:ACCOUNT" */
     char in[LINE_MAX_BYTES];
     size_t inlen;
     char *out;
@@ -63,6 +68,7 @@ struct enrolment {
     bool issue;            /* card issue: personalise the card, then enrol it */
     char member[STORE_ID_LEN];
     char card_type[16];
+    char op[96]; /* the operator who asked */
     int timer;
 };
 
@@ -308,10 +314,10 @@ static bool audit(struct client *cl, const char *type, const struct event *base)
 {
     struct event ev = *base;
     ev.type = type;
-    ev.operator_name = cl->user;
+    ev.operator_name = cl->op;
     if (store_event_add(cl->ctl->store, &ev) < 0)
         return false;
-    log_info("%s by %s", type, cl->user);
+    log_info("%s by %s", type, cl->op);
     return true;
 }
 
@@ -366,6 +372,54 @@ static json_t *cmd_events(struct client *cl, json_t *args, struct cmd_err *err)
                      "more", json_array_size(events) == EVENTS_PAGE);
 }
 
+/* "compartment 2 already has booking b-1a2b3c4d of club-a, Tue 2026-12-01 18:00-20:00" */
+static json_t *conflict(struct cmd_err *err, const struct booking *other)
+{
+    char from[40], to[40];
+    time_format_local(other->start_ms, from, sizeof(from));
+    time_format_local(other->end_ms, to, sizeof(to));
+    return fail(err, "conflict",
+                "overlapping: compartment %d already has the %s booking %s of club '%s' from %s "
+                "to %s",
+                other->compartment, strcmp(other->source, "local") == 0 ? "local" : "city's",
+                other->id, other->club_id, from, to);
+}
+
+/* The local date of a time, "2026-12-01". */
+static void local_date(int64_t ms, char *buf, size_t len)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    strftime(buf, len, "%Y-%m-%d", &tm);
+}
+
+/* The same local wall time `weeks` weeks later, in the station's time zone: 18:00
+ * stays 18:00 across a change of daylight saving time. */
+static int64_t weeks_later(int64_t ms, int weeks)
+{
+    time_t t = (time_t)(ms / 1000);
+    struct tm tm;
+    localtime_r(&t, &tm);
+    tm.tm_mday += 7 * weeks;
+    tm.tm_isdst = -1;
+    return (int64_t)mktime(&tm) * 1000 + ms % 1000;
+}
+
+static bool is_date(const char *s)
+{
+    int y, m, d;
+    char tail;
+    return s && strlen(s) == 10 && sscanf(s, "%4d-%2d-%2d%c", &y, &m, &d, &tail) == 3 && m >= 1 &&
+           m <= 12 && d >= 1 && d <= 31;
+}
+
+#define REPEAT_MAX 160 /* weekly for three years */
+
+/* booking.add: one booking, or with "repeat": {"until": DATE, "except": [DATE...]}
+ * the same slot every week up to and including DATE (local dates of the station),
+ * without the dates in "except". All or nothing: one conflict refuses the whole
+ * series, naming the booking in the way. */
 static json_t *cmd_booking_add(struct client *cl, json_t *args, struct cmd_err *err)
 {
     struct booking b;
@@ -376,32 +430,159 @@ static json_t *cmd_booking_add(struct client *cl, json_t *args, struct cmd_err *
         return NULL;
     if (b.end_ms <= b.start_ms)
         return fail(err, "bad_request", "the booking must end after it starts");
+    if (b.end_ms - b.start_ms > 7 * 86400000LL)
+        return fail(err, "bad_request", "a booking lasts at most 7 days");
+    json_t *repeat = json_object_get(args, "repeat");
+    const char *until = NULL;
+    json_t *except = NULL;
+    if (repeat) {
+        until = json_string_value(json_object_get(repeat, "until"));
+        except = json_object_get(repeat, "except");
+        if (!json_is_object(repeat) || !is_date(until))
+            return fail(err, "bad_request", "'repeat' needs 'until', a date like 2027-06-30");
+        if (except && !json_is_array(except))
+            return fail(err, "bad_request", "'except' must be a list of dates like 2026-12-24");
+        size_t i;
+        json_t *v;
+        json_array_foreach(except, i, v)
+        {
+            if (!is_date(json_string_value(v)))
+                return fail(err, "bad_request", "'except' must be a list of dates like 2026-12-24");
+        }
+        if (b.end_ms - b.start_ms > 86400000LL)
+            return fail(err, "bad_request", "a weekly slot lasts at most a day");
+    }
     struct club c;
     int rc = store_club_get(cl->ctl->store, club, &c);
     if (rc == STORE_NOTFOUND)
         return fail(err, "not_found", "no club '%s' (add it with: lockerctl club add)", club);
     if (rc != STORE_OK)
         return fail(err, "internal_error", "database error");
-    new_id("b", b.id, sizeof(b.id));
+    char series[16];
+    new_id("b", series, sizeof(series));
     snprintf(b.club_id, sizeof(b.club_id), "%s", club);
     snprintf(b.source, sizeof(b.source), "local");
     b.status = BOOKING_ACTIVE;
 
     struct store *s = cl->ctl->store;
-    struct event ev = {.compartment = b.compartment, .club_id = club, .booking_id = b.id};
+    json_t *ids = json_array(), *skipped = json_array();
+    int64_t first_start = b.start_ms, first_end = b.end_ms;
     if (store_begin(s) != STORE_OK)
-        return fail(err, "internal_error", "database error");
-    rc = store_booking_add(s, &b);
-    if (rc == STORE_CONFLICT) {
-        store_rollback(s);
-        return fail(err, "conflict", "compartment %d already has a booking overlapping that time",
-                    b.compartment);
+        goto err_db;
+    for (int week = 0; week < REPEAT_MAX; week++) {
+        char date[16];
+        b.start_ms = weeks_later(first_start, week);
+        b.end_ms = weeks_later(first_end, week);
+        local_date(b.start_ms, date, sizeof(date));
+        if (repeat && strcmp(date, until) > 0)
+            break;
+        bool skip = false;
+        size_t i;
+        json_t *v;
+        json_array_foreach(except, i, v) skip = skip || strcmp(json_string_value(v), date) == 0;
+        if (skip) {
+            json_array_append_new(skipped, json_string(date));
+        } else {
+            if (repeat)
+                snprintf(b.id, sizeof(b.id), "%s.%d", series, week + 1);
+            else
+                snprintf(b.id, sizeof(b.id), "%s", series);
+            struct booking other;
+            rc = store_booking_conflict(s, b.compartment, b.start_ms, b.end_ms, NULL, &other);
+            if (rc == STORE_OK) {
+                store_rollback(s);
+                json_decref(ids);
+                json_decref(skipped);
+                return conflict(err, &other);
+            }
+            struct event ev = {.compartment = b.compartment, .club_id = club, .booking_id = b.id};
+            if (rc != STORE_NOTFOUND || store_booking_add(s, &b) != STORE_OK ||
+                !audit(cl, "booking.created", &ev))
+                goto err_rollback;
+            json_array_append_new(ids, json_string(b.id));
+        }
+        if (!repeat)
+            break;
+        if (week == REPEAT_MAX - 1) {
+            store_rollback(s);
+            json_decref(ids);
+            json_decref(skipped);
+            return fail(err, "bad_request", "a series has at most %d weeks", REPEAT_MAX);
+        }
     }
-    if (rc != STORE_OK || !audit(cl, "booking.created", &ev) || store_commit(s) != STORE_OK) {
+    if (json_array_size(ids) == 0) {
+        store_rollback(s);
+        json_decref(ids);
+        json_decref(skipped);
+        return fail(err, "bad_request", "no occurrence is left between the first date and 'until'");
+    }
+    if (store_commit(s) != STORE_OK)
+        goto err_db;
+    json_t *r = json_pack("{s:O}", "id", json_array_get(ids, 0));
+    if (repeat) {
+        json_object_set_new(r, "series", json_string(series));
+        json_object_set_new(r, "ids", ids);
+        json_object_set_new(r, "skipped", skipped);
+    } else {
+        json_decref(ids);
+        json_decref(skipped);
+    }
+    return r;
+
+err_rollback:
+    store_rollback(s);
+err_db:
+    json_decref(ids);
+    json_decref(skipped);
+    return fail(err, "internal_error", "database error");
+}
+
+/* Moves a local booking that has not ended to other times (same compartment or
+ * another); the city's bookings are read-only. */
+static json_t *cmd_booking_move(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *id = arg_id(args, "id", err);
+    int64_t from, to;
+    if (!id || !arg_time(args, "from", &from, err) || !arg_time(args, "to", &to, err))
+        return NULL;
+    if (to <= from)
+        return fail(err, "bad_request", "the booking must end after it starts");
+    struct store *s = cl->ctl->store;
+    struct booking b, other;
+    int rc = store_booking_get(s, id, &b);
+    if (rc == STORE_NOTFOUND)
+        return fail(err, "not_found", "no booking '%s'", id);
+    if (rc != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    if (strcmp(b.source, "local") != 0)
+        return fail(err, "read_only",
+                    "booking '%s' comes from the city's booking service; move it there", id);
+    if (b.status == BOOKING_CANCELLED)
+        return fail(err, "conflict", "booking '%s' is cancelled", id);
+    int comp = b.compartment;
+    if (b.collected_ms)
+        return fail(err, "conflict", "the key of booking '%s' has been taken; it cannot move", id);
+    rc = store_booking_conflict(s, comp, from, to, id, &other);
+    if (rc == STORE_OK)
+        return conflict(err, &other);
+    if (rc != STORE_NOTFOUND)
+        return fail(err, "internal_error", "database error");
+    char f0[40], t0[40];
+    time_format_local(b.start_ms, f0, sizeof(f0));
+    time_format_local(b.end_ms, t0, sizeof(t0));
+    json_t *detail =
+        json_pack("{s:s,s:s,s:i}", "oldFrom", f0, "oldTo", t0, "oldCompartment", b.compartment);
+    struct event ev = {
+        .compartment = comp, .club_id = b.club_id, .booking_id = id, .detail = detail};
+    bool ok = store_begin(s) == STORE_OK;
+    ok = ok && store_booking_move(s, id, from, to) == STORE_OK && audit(cl, "booking.moved", &ev) &&
+         store_commit(s) == STORE_OK;
+    json_decref(detail);
+    if (!ok) {
         store_rollback(s);
         return fail(err, "internal_error", "database error");
     }
-    return json_pack("{s:s}", "id", b.id);
+    return json_pack("{s:s}", "id", id);
 }
 
 static json_t *cmd_booking_list(struct client *cl, json_t *args, struct cmd_err *err)
@@ -708,6 +889,10 @@ static void enrol_tapped(const struct decision *d, const uint8_t hmac[32],
                  ? "this DESFire card was not issued for this site (lockerctl card issue)"
                  : "a UID-only card cannot be used while [reader] auth = desfire");
     } else {
+        /* The connection may have sent other requests since: the operator is the
+         * one who asked for the enrolment. */
+        snprintf(cl->op_buf, sizeof(cl->op_buf), "%s", ctl->enrol.op);
+        cl->op = cl->op_buf;
         r = add_credential(cl, ctl->enrol.member, hmac, secure ? "desfire" : "uid", &err);
     }
     if (r)
@@ -740,6 +925,7 @@ static json_t *wait_for_card(struct client *cl, json_t *args, bool issue, struct
         wait = json_integer_value(t);
     ctl->enrol.client = cl;
     snprintf(ctl->enrol.member, sizeof(ctl->enrol.member), "%s", member);
+    snprintf(ctl->enrol.op, sizeof(ctl->enrol.op), "%s", cl->op);
     int id = loop_add_timer(ctl->loop, wait, enrol_timeout, ctl);
     if (id < 0) {
         memset(&ctl->enrol, 0, sizeof(ctl->enrol));
@@ -810,7 +996,7 @@ static json_t *cmd_open(struct client *cl, json_t *args, struct cmd_err *err)
         return NULL;
     if (!policy_may_service_open(cl->role))
         return fail(err, "forbidden", "only managers and technicians may open compartments");
-    return station_result(station_service_open(cl->ctl->st, n, cl->user, reason), n, err);
+    return station_result(station_service_open(cl->ctl->st, n, cl->op, reason), n, err);
 }
 
 static json_t *cmd_clear(struct client *cl, json_t *args, struct cmd_err *err)
@@ -819,7 +1005,7 @@ static json_t *cmd_clear(struct client *cl, json_t *args, struct cmd_err *err)
     const char *reason;
     if (!arg_compartment(cl, args, &n, err) || !(reason = arg_str(args, "reason", 200, err)))
         return NULL;
-    return station_result(station_clear(cl->ctl->st, n, cl->user, reason), n, err);
+    return station_result(station_clear(cl->ctl->st, n, cl->op, reason), n, err);
 }
 
 static json_t *cmd_disable(struct client *cl, json_t *args, struct cmd_err *err)
@@ -828,7 +1014,7 @@ static json_t *cmd_disable(struct client *cl, json_t *args, struct cmd_err *err)
     const char *reason;
     if (!arg_compartment(cl, args, &n, err) || !(reason = arg_str(args, "reason", 200, err)))
         return NULL;
-    return station_result(station_disable(cl->ctl->st, n, cl->user, reason), n, err);
+    return station_result(station_disable(cl->ctl->st, n, cl->op, reason), n, err);
 }
 
 static json_t *cmd_prune(struct client *cl, json_t *args, struct cmd_err *err)
@@ -942,7 +1128,7 @@ static json_t *cmd_selftest(struct client *cl, json_t *args, struct cmd_err *err
         return fail(err, "busy", "a self-test is running already");
     struct selftest_opts opts = {
         .locks = locks == NULL || json_is_true(locks),
-        .operator_name = cl->user,
+        .operator_name = cl->op,
     };
     ctl->selftest_client = cl;
     ctl->selftest = selftest_start(ctl->cfg, ctl->loop, ctl->store, ctl->st, ctl->sync, &opts,
@@ -1081,6 +1267,86 @@ static json_t *cmd_sim_clock(struct client *cl, json_t *args, struct cmd_err *er
     return json_pack("{s:s}", "now", now);
 }
 
+/* ---- the manager console ---- */
+
+/* Acknowledges an open alarm: the alarm stays until its cause is gone (the door
+ * closed, the key back, a technician's clear); the acknowledgement records who saw
+ * it and when (alarm.acknowledged, reason: the alarm's type). */
+static json_t *cmd_alarm_ack(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *type = arg_str(args, "type", 32, err);
+    if (!type)
+        return NULL;
+    int n = 0;
+    if (json_object_get(args, "compartment") && !arg_compartment(cl, args, &n, err))
+        return NULL;
+    const char *note = NULL;
+    if (json_object_get(args, "note") && !(note = arg_str(args, "note", 200, err)))
+        return NULL;
+    json_t *status = station_status_json(cl->ctl->st);
+    bool open = false;
+    size_t i;
+    json_t *a;
+    json_array_foreach(json_object_get(status, "alarms"), i, a)
+    {
+        json_int_t c = json_integer_value(json_object_get(a, "compartment"));
+        if (strcmp(json_string_value(json_object_get(a, "type")), type) == 0 && c == n)
+            open = true;
+    }
+    json_decref(status);
+    if (!open)
+        return fail(err, "not_found", "no open alarm %s%s%.0d", type, n ? " of compartment " : "",
+                    n);
+    json_t *detail = note ? json_pack("{s:s}", "note", note) : NULL;
+    struct event ev = {.compartment = n, .reason = type, .detail = detail};
+    bool ok = audit(cl, "alarm.acknowledged", &ev);
+    json_decref(detail);
+    if (!ok)
+        return fail(err, "internal_error", "database error");
+    return json_pack("{s:s,s:i,s:s}", "type", type, "compartment", n, "by", cl->op);
+}
+
+static json_t *cmd_directory(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    (void)args;
+    json_t *r = store_directory_json(cl->ctl->store);
+    return r ? r : fail(err, "internal_error", "database error");
+}
+
+/* club.rename and member.rename: {id, name}. */
+static json_t *rename_record(struct client *cl, json_t *args, struct cmd_err *err, bool club)
+{
+    const char *id = arg_id(args, "id", err);
+    const char *name = id ? arg_str(args, "name", 128, err) : NULL;
+    if (!name)
+        return NULL;
+    struct store *s = cl->ctl->store;
+    struct event ev = {.club_id = club ? id : NULL, .member_id = club ? NULL : id};
+    if (store_begin(s) != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    int rc = club ? store_club_rename(s, id, name) : store_member_rename(s, id, name);
+    if (rc == STORE_NOTFOUND) {
+        store_rollback(s);
+        return fail(err, "not_found", "no %s '%s'", club ? "club" : "member", id);
+    }
+    bool logged = club ? audit(cl, "club.updated", &ev) : audit(cl, "member.updated", &ev);
+    if (rc != STORE_OK || !logged || store_commit(s) != STORE_OK) {
+        store_rollback(s);
+        return fail(err, "internal_error", "database error");
+    }
+    return json_pack("{s:s}", "id", id);
+}
+
+static json_t *cmd_club_rename(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    return rename_record(cl, args, err, true);
+}
+
+static json_t *cmd_member_rename(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    return rename_record(cl, args, err, false);
+}
+
 struct command {
     const char *name;
     enum member_role min_role;
@@ -1093,6 +1359,11 @@ static const struct command commands[] = {
     {"booking.add", ROLE_MANAGER, cmd_booking_add},
     {"booking.list", ROLE_MEMBER, cmd_booking_list},
     {"booking.cancel", ROLE_MANAGER, cmd_booking_cancel},
+    {"booking.move", ROLE_MANAGER, cmd_booking_move},
+    {"alarm.ack", ROLE_MANAGER, cmd_alarm_ack},
+    {"directory", ROLE_MANAGER, cmd_directory},
+    {"club.rename", ROLE_MANAGER, cmd_club_rename},
+    {"member.rename", ROLE_MANAGER, cmd_member_rename},
     {"club.add", ROLE_MANAGER, cmd_club_add},
     {"member.add", ROLE_MANAGER, cmd_member_add},
     {"member.join", ROLE_MANAGER, cmd_member_join},
@@ -1133,6 +1404,44 @@ static int role_rank(enum member_role r)
     return 0;
 }
 
+/* {"as": {"account": NAME, "role": ROLE}}: a console acts for one of its accounts.
+ * Every request starts from the connection's own user and role; with "as" the role
+ * is the account's, capped at the console user's own, and the operator recorded in
+ * the log is "console:NAME". Only users in [control] consoles may do this. */
+static bool apply_as(struct client *cl, json_t *as, char *why, size_t whylen)
+{
+    cl->role = cl->conn_role;
+    cl->op = cl->user;
+    if (as == NULL)
+        return true;
+    if (!cl->console) {
+        snprintf(why, whylen, "user %s may not act on behalf of others ([control] consoles)",
+                 cl->user);
+        return false;
+    }
+    const char *account = json_string_value(json_object_get(as, "account"));
+    const char *role = json_string_value(json_object_get(as, "role"));
+    enum member_role r;
+    size_t len = account ? strlen(account) : 0;
+    bool name_ok = len > 0 && len <= 48;
+    for (size_t i = 0; name_ok && i < len; i++) {
+        char c = account[i];
+        name_ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '-' || c == '_' || c == '.';
+    }
+    if (!json_is_object(as) || !name_ok || !role || !role_parse(role, &r)) {
+        snprintf(why, whylen,
+                 "'as' must be {\"account\": NAME (letters, digits, '-', '_', '.'), \"role\": "
+                 "member|manager|technician}");
+        return false;
+    }
+    if (role_rank(r) < role_rank(cl->conn_role))
+        cl->role = r;
+    snprintf(cl->op_buf, sizeof(cl->op_buf), "console:%s", account);
+    cl->op = cl->op_buf;
+    return true;
+}
+
 static void handle_line(struct client *cl, const char *line)
 {
     json_error_t jerr;
@@ -1148,6 +1457,13 @@ static void handle_line(struct client *cl, const char *line)
         args = json_object();
     else
         json_incref(args);
+    char why[160];
+    if (!apply_as(cl, json_object_get(req, "as"), why, sizeof(why))) {
+        reply_err(cl, "forbidden", why);
+        json_decref(args);
+        json_decref(req);
+        return;
+    }
     const struct command *cmd = NULL;
     for (size_t i = 0; name && i < sizeof(commands) / sizeof(commands[0]); i++) {
         if (strcmp(commands[i].name, name) == 0)
@@ -1159,8 +1475,8 @@ static void handle_line(struct client *cl, const char *line)
         reply_err(cl, "bad_request", "'args' must be an object");
     } else if (role_rank(cl->role) < role_rank(cmd->min_role)) {
         char msg[160];
-        snprintf(msg, sizeof(msg), "'%s' needs the role %s; user %s is a %s", cmd->name,
-                 role_name(cmd->min_role), cl->user, role_name(cl->role));
+        snprintf(msg, sizeof(msg), "'%s' needs the role %s; %s is a %s", cmd->name,
+                 role_name(cmd->min_role), cl->op, role_name(cl->role));
         reply_err(cl, "forbidden", msg);
     } else {
         struct cmd_err err = {.code = "internal_error", .message = "failed"};
@@ -1250,7 +1566,13 @@ static void on_accept(int fd, uint32_t events, void *arg)
         snprintf(cl->user, sizeof(cl->user), "%s", pw.pw_name);
     else
         snprintf(cl->user, sizeof(cl->user), "uid%u", (unsigned)cred.uid);
-    cl->role = role_of(ctl->cfg, cred.uid, cl->user);
+    cl->conn_role = role_of(ctl->cfg, cred.uid, cl->user);
+    cl->role = cl->conn_role;
+    cl->op = cl->user;
+    for (int i = 0; i < ctl->cfg->n_consoles; i++) {
+        if (strcmp(ctl->cfg->consoles[i], cl->user) == 0)
+            cl->console = true;
+    }
     cl->watch = loop_add_fd(ctl->loop, cfd, EPOLLIN, client_readable, cl);
     if (cl->watch < 0) {
         close(cfd);

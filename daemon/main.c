@@ -25,7 +25,9 @@
 #include "daemon/clock.h"
 #include "daemon/config.h"
 #include "daemon/control.h"
+#include "daemon/feedback.h"
 #include "daemon/log.h"
+#include "daemon/policy.h"
 #include "daemon/loop.h"
 #include "daemon/station.h"
 #include "daemon/store.h"
@@ -46,15 +48,18 @@ struct daemon {
     struct control *control;
     struct sync *sync;
     struct ui *ui;
+    struct feedback *feedback;
     bool debug;          /* -d: stays in force across reloads */
     int64_t watchdog_ms; /* systemd watchdog ping interval; 0: no watchdog */
 };
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: lockerd [-c CONFIG] [-n] [-d] [-V]\n"
+    fprintf(out, "usage: lockerd [-c CONFIG] [-n] [-d] [-V] [-P MEMBER]\n"
                  "  -c CONFIG  configuration file (default " DEFAULT_CONFIG ")\n"
                  "  -n         check the configuration, print it normalised, exit 0 or 1\n"
+                 "  -P MEMBER  set MEMBER's PIN (4-8 digits, one line on stdin; an empty line\n"
+                 "             removes it) in the station's database, exit 0 or 1\n"
                  "  -d         debug logging\n"
                  "  -V         print the version\n");
 }
@@ -98,6 +103,53 @@ static size_t load_site_key(const char *path, uint8_t *key, size_t max)
     return (size_t)n;
 }
 
+/* lockerd -P MEMBER: the PIN from stdin (never the command line, which other users
+ * can read), hashed with policy_pin_hash() into the database. Works while lockerd
+ * runs: SQLite serialises the two writers. */
+static int set_pin(const struct config *cfg, const char *member_id)
+{
+    char db_path[PATH_MAX + 16], err[512], line[64], hash[POLICY_PIN_HASH_MAX];
+    struct member m;
+    int rc = 1;
+
+    snprintf(db_path, sizeof(db_path), "%s/lockerd.db", cfg->state_dir);
+    struct store *store = store_open(db_path, err, sizeof(err));
+    if (!store) {
+        log_errx("database %s: %s", db_path, err);
+        return 1;
+    }
+    if (store_member_get(store, member_id, &m) != STORE_OK) {
+        log_errx("no member %s", member_id);
+        goto out;
+    }
+    if (!fgets(line, sizeof(line), stdin))
+        line[0] = '\0';
+    line[strcspn(line, "\r\n")] = '\0';
+    if (line[0] == '\0') {
+        int r = store_pin_set(store, member_id, NULL, clock_wall_ms());
+        if (r == STORE_OK || r == STORE_NOTFOUND) {
+            printf("PIN of %s removed\n", member_id);
+            rc = 0;
+        }
+        goto out;
+    }
+    if (!policy_pin_valid(line)) {
+        log_errx("a PIN is 4 to 8 digits");
+        goto out;
+    }
+    if (!policy_pin_hash(line, hash, sizeof(hash)) ||
+        store_pin_set(store, member_id, hash, clock_wall_ms()) != STORE_OK) {
+        log_errx("cannot store the PIN of %s", member_id);
+        goto out;
+    }
+    printf("PIN of %s set\n", member_id);
+    rc = 0;
+out:
+    OPENSSL_cleanse(line, sizeof(line));
+    store_close(store);
+    return rc;
+}
+
 static bool same_line(const struct line_cfg *a, const struct line_cfg *b)
 {
     return strcmp(a->name, b->name) == 0 && a->active_low == b->active_low && a->bias == b->bias;
@@ -113,7 +165,10 @@ static bool hardware_changed(const struct config *a, const struct config *b)
         strcmp(a->socket_path, b->socket_path) != 0 || !same_line(&a->tamper, &b->tamper) ||
         a->sim_clock != b->sim_clock || strcmp(a->gpio_chip, b->gpio_chip) != 0 ||
         a->debounce_ms != b->debounce_ms || a->max_energize_ms != b->max_energize_ms ||
-        a->auth != b->auth || strcmp(a->reader_connstring, b->reader_connstring) != 0 ||
+        a->auth != b->auth || !same_line(&a->fb_red, &b->fb_red) ||
+        !same_line(&a->fb_green, &b->fb_green) || !same_line(&a->fb_blue, &b->fb_blue) ||
+        !same_line(&a->fb_led, &b->fb_led) || !same_line(&a->fb_buzzer, &b->fb_buzzer) ||
+        strcmp(a->reader_connstring, b->reader_connstring) != 0 ||
         strcmp(a->reader_aid, b->reader_aid) != 0 ||
         strcmp(a->reader_key_file, b->reader_key_file) != 0)
         return true;
@@ -204,6 +259,7 @@ int main(int argc, char **argv)
     struct daemon d;
     const char *config_path = DEFAULT_CONFIG;
     bool check_only = false, debug = false;
+    const char *pin_member = NULL;
     char err[512];
     int opt;
 
@@ -220,7 +276,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "--sandbox-probe") == 0)
         return syncworker_probe(argc - 2, argv + 2);
     log_init("lockerd", LOG_LVL_INFO);
-    while ((opt = getopt(argc, argv, "c:ndVh")) != -1) {
+    while ((opt = getopt(argc, argv, "c:ndVhP:")) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
@@ -231,6 +287,9 @@ int main(int argc, char **argv)
         case 'd':
             debug = true;
             d.debug = true;
+            break;
+        case 'P':
+            pin_member = optarg;
             break;
         case 'V':
             printf("lockerd %s\n", LOCKERD_VERSION);
@@ -259,6 +318,11 @@ int main(int argc, char **argv)
         config_print(d.cfg, stdout);
         free(d.cfg);
         return 0;
+    }
+    if (pin_member) {
+        int r = set_pin(d.cfg, pin_member);
+        free(d.cfg);
+        return r;
     }
     log_set_level(debug ? LOG_LVL_DEBUG : d.cfg->log_level);
     if (!tz_set(d.cfg->timezone))
@@ -301,8 +365,16 @@ int main(int argc, char **argv)
         fatalx("%s", err);
     }
     control_set_sync(d.control, d.sync);
+    d.feedback = feedback_new(d.cfg, d.loop, d.station, err, sizeof(err));
+    if (!d.feedback) {
+        sync_free(d.sync);
+        control_free(d.control);
+        station_free(d.station);
+        fatalx("%s", err);
+    }
     d.ui = ui_new(d.cfg, d.loop, d.store, d.station, err, sizeof(err));
     if (!d.ui) {
+        feedback_free(d.feedback);
         sync_free(d.sync);
         control_free(d.control);
         station_free(d.station);
@@ -310,6 +382,7 @@ int main(int argc, char **argv)
     }
     if (station_start(d.station) != 0) {
         ui_free(d.ui);
+        feedback_free(d.feedback);
         sync_free(d.sync);
         control_free(d.control);
         station_free(d.station);
@@ -332,6 +405,7 @@ int main(int argc, char **argv)
 
     station_mark_clean_shutdown(d.station);
     ui_free(d.ui);
+    feedback_free(d.feedback); /* LED and buzzer off */
     sync_free(d.sync);
     control_free(d.control);
     station_free(d.station); /* every lock line inactive */

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "daemon/log.h"
 #include "daemon/timeutil.h"
@@ -313,4 +314,76 @@ json_t *opendata_build(struct store *s, const struct config *cfg, int64_t from_m
         free(c.slots[i].sessions);
     free(c.slots);
     return out;
+}
+
+/* ---- daily summaries ---- */
+
+static struct tm day_tm(int year, int mon, int mday, int hour)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    tm.tm_year = year;
+    tm.tm_mon = mon;
+    tm.tm_mday = mday; /* mktime() normalises days outside the month */
+    tm.tm_hour = hour;
+    tm.tm_isdst = -1; /* whatever the zone says on that day: DST-proof */
+    return tm;
+}
+
+void opendata_date(int64_t ms, int add_days, char out[OPENDATA_DATE_LEN])
+{
+    time_t t = (time_t)(ms >= 0 ? ms / 1000 : -((-ms + 999) / 1000));
+    struct tm tm, day;
+    memset(&tm, 0, sizeof tm);
+    localtime_r(&t, &tm);
+    /* From noon, which every zone has, so that a DST change cannot move the day. */
+    day = day_tm(tm.tm_year, tm.tm_mon, tm.tm_mday + add_days, 12);
+    time_t noon = mktime(&day);
+    if (noon == (time_t)-1 || localtime_r(&noon, &day) == NULL)
+        day = tm;
+    snprintf(out, OPENDATA_DATE_LEN, "%04u-%02u-%02u", (unsigned)(day.tm_year + 1900) % 10000u,
+             (unsigned)(day.tm_mon + 1) % 100u, (unsigned)day.tm_mday % 100u);
+}
+
+bool opendata_day_bounds(const char *date, int64_t *from_ms, int64_t *to_ms)
+{
+    static const char shape[] = "dddd-dd-dd";
+    if (date == NULL || strlen(date) != sizeof shape - 1)
+        return false;
+    for (size_t i = 0; i < sizeof shape - 1; i++) {
+        if (shape[i] == 'd' ? (date[i] < '0' || date[i] > '9') : date[i] != shape[i])
+            return false;
+    }
+    int y = atoi(date), m = atoi(date + 5), d = atoi(date + 8);
+    struct tm noon = day_tm(y - 1900, m - 1, d, 12);
+    if (mktime(&noon) == (time_t)-1 || noon.tm_year != y - 1900 || noon.tm_mon != m - 1 ||
+        noon.tm_mday != d)
+        return false; /* 2026-02-30 and the like */
+    struct tm a = day_tm(y - 1900, m - 1, d, 0), b = day_tm(y - 1900, m - 1, d + 1, 0);
+    time_t from = mktime(&a), to = mktime(&b);
+    if (from == (time_t)-1 || to == (time_t)-1 || to <= from)
+        return false;
+    *from_ms = (int64_t)from * 1000;
+    *to_ms = (int64_t)to * 1000;
+    return true;
+}
+
+json_t *opendata_day_document(struct store *s, const struct config *cfg, const char *date,
+                              int64_t now_ms, char *err, size_t errlen)
+{
+    int64_t from, to;
+    if (!opendata_day_bounds(date, &from, &to)) {
+        snprintf(err, errlen, "not a date: %.20s", date != NULL ? date : "(null)");
+        return NULL;
+    }
+    json_t *both =
+        opendata_build(s, cfg, from, to, now_ms, cfg->opendata_publish_club, err, errlen);
+    if (both == NULL)
+        return NULL;
+    json_t *doc = json_pack("{s:s,s:s,s:O}", "date", date, "timezone", cfg->timezone,
+                            "sensorthings", json_object_get(both, "sensorthings"));
+    json_decref(both);
+    if (doc == NULL)
+        snprintf(err, errlen, "cannot build the summary");
+    return doc;
 }

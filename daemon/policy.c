@@ -10,8 +10,13 @@
  */
 #include "daemon/policy.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "daemon/log.h"
 
@@ -48,6 +53,12 @@ const char *refusal_code(enum refusal r)
         return "compartment-busy";
     case REFUSE_INTERNAL:
         return "internal-error";
+    case REFUSE_PIN_NOT_SET:
+        return "pin-not-set";
+    case REFUSE_PIN_LOCKED_OUT:
+        return "pin-locked-out";
+    case REFUSE_PIN_WRONG:
+        return "pin-wrong";
     }
     return "unknown";
 }
@@ -270,4 +281,98 @@ void policy_decide(const struct config *cfg, struct store *store, const uint8_t 
         return;
     }
     decide_pickup(cfg, store, clubs, nclubs, comps, ncomps, now, d);
+}
+
+/* ------------------------------------------------------------ card + PIN */
+
+#define PIN_SALT_LEN 16
+#define PIN_OUT_LEN  32
+
+bool policy_pin_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n] != '\0'; n++) {
+        if (s[n] < '0' || s[n] > '9')
+            return false;
+    }
+    return n >= 4 && n <= 8;
+}
+
+static bool pbkdf2(const char *pin, const uint8_t *salt, size_t saltlen, int iter,
+                   uint8_t out[PIN_OUT_LEN])
+{
+    return PKCS5_PBKDF2_HMAC(pin, (int)strlen(pin), salt, (int)saltlen, iter, EVP_sha256(),
+                             PIN_OUT_LEN, out) == 1;
+}
+
+bool policy_pin_hash(const char *pin, char *out, size_t outlen)
+{
+    uint8_t salt[PIN_SALT_LEN], dk[PIN_OUT_LEN];
+    char salt64[4 * ((PIN_SALT_LEN + 2) / 3) + 1], dk64[4 * ((PIN_OUT_LEN + 2) / 3) + 1];
+
+    if (!policy_pin_valid(pin) || RAND_bytes(salt, sizeof(salt)) != 1 ||
+        !pbkdf2(pin, salt, sizeof(salt), POLICY_PIN_ITER, dk))
+        return false;
+    EVP_EncodeBlock((unsigned char *)salt64, salt, sizeof(salt));
+    EVP_EncodeBlock((unsigned char *)dk64, dk, sizeof(dk));
+    OPENSSL_cleanse(dk, sizeof(dk));
+    int n = snprintf(out, outlen, "pbkdf2-sha256$%d$%s$%s", POLICY_PIN_ITER, salt64, dk64);
+    return n > 0 && (size_t)n < outlen;
+}
+
+/* Base64 of exactly want bytes; false otherwise. */
+static bool unb64(const char *in, size_t inlen, uint8_t *out, size_t want)
+{
+    uint8_t buf[64];
+    if (inlen == 0 || inlen % 4 != 0 || inlen / 4 * 3 > sizeof(buf))
+        return false;
+    int n = EVP_DecodeBlock(buf, (const unsigned char *)in, (int)inlen);
+    if (n < 0)
+        return false;
+    size_t pad = (in[inlen - 1] == '=') + (in[inlen - 2] == '=');
+    if ((size_t)n - pad != want)
+        return false;
+    memcpy(out, buf, want);
+    return true;
+}
+
+bool policy_pin_verify(const char *stored, const char *pin)
+{
+    static const char prefix[] = "pbkdf2-sha256$";
+    uint8_t salt[PIN_SALT_LEN], want[PIN_OUT_LEN], got[PIN_OUT_LEN];
+
+    if (stored == NULL || pin == NULL || !policy_pin_valid(pin) ||
+        strncmp(stored, prefix, sizeof(prefix) - 1) != 0)
+        return false;
+    const char *p = stored + sizeof(prefix) - 1;
+    char *end;
+    long iter = strtol(p, &end, 10);
+    if (*end != '$' || iter < 1000 || iter > 10000000)
+        return false;
+    const char *s = end + 1, *d = strchr(s, '$');
+    if (d == NULL || !unb64(s, (size_t)(d - s), salt, sizeof(salt)) ||
+        !unb64(d + 1, strlen(d + 1), want, sizeof(want)))
+        return false;
+    if (!pbkdf2(pin, salt, sizeof(salt), (int)iter, got))
+        return false;
+    bool ok = CRYPTO_memcmp(got, want, sizeof(got)) == 0;
+    OPENSSL_cleanse(got, sizeof(got));
+    return ok;
+}
+
+int64_t policy_pin_lockout_ms(int n)
+{
+    const int64_t max = 3600 * 1000;
+    if (n < 0)
+        n = 0;
+    if (n > 6)
+        return max;
+    int64_t ms = (int64_t)60 * 1000 << n;
+    return ms < max ? ms : max;
+}
+
+bool policy_pin_required(const struct config *cfg, int compartment)
+{
+    const struct compartment_cfg *c = config_compartment(cfg, compartment);
+    return cfg->pin_required || (c != NULL && c->pin);
 }

@@ -29,6 +29,9 @@ enum refusal {
     REFUSE_OUT_OF_SERVICE,   /* the compartment is out of service */
     REFUSE_BUSY,             /* the compartment is being opened right now */
     REFUSE_INTERNAL,         /* the database could not be read: fail secure */
+    REFUSE_PIN_NOT_SET,      /* a PIN is required here and the member has none */
+    REFUSE_PIN_LOCKED_OUT,   /* too many wrong PINs: locked out for a while */
+    REFUSE_PIN_WRONG,        /* a wrong PIN; the station still waits for the right one */
 };
 
 /* Stable reason code used on the wire and in events, e.g. "no-booking". */
@@ -64,6 +67,31 @@ struct decision {
 void policy_decide(const struct config *cfg, struct store *store, const uint8_t uid_hmac[32],
                    const struct card_read *card, const struct comp_view *comps, int ncomps,
                    int64_t now_ms, struct decision *out);
+
+/* ---- card + PIN ----
+ * A PIN is 4 to 8 digits. It is stored as "pbkdf2-sha256$ITER$SALT$HASH" (salt 16
+ * random bytes, hash 32 bytes, both base64): PKCS5_PBKDF2_HMAC with SHA-256 and
+ * POLICY_PIN_ITER iterations, about 50 ms on a Raspberry Pi 4. The iteration count
+ * is stored with each hash, so it can be raised without invalidating old PINs.
+ * After POLICY_PIN_ATTEMPTS wrong PINs in a row the member is locked out for
+ * policy_pin_lockout_ms(n) (n: lockouts so far, the first is 0): 1 min, doubling
+ * up to 1 h; a right PIN resets both counts. */
+#define POLICY_PIN_ITER     50000
+#define POLICY_PIN_ATTEMPTS 3
+#define POLICY_PIN_HASH_MAX 128
+
+/* True when s is 4 to 8 ASCII digits. */
+bool policy_pin_valid(const char *s);
+/* Hashes pin with a fresh salt into out (at least POLICY_PIN_HASH_MAX). Returns
+ * false when pin is not valid or OpenSSL fails. */
+bool policy_pin_hash(const char *pin, char *out, size_t outlen);
+/* Constant-time check of pin against a stored hash; false for a malformed one. */
+bool policy_pin_verify(const char *stored, const char *pin);
+/* Lockout after the (n+1)th run of wrong PINs: 60 s << n, at most 1 h. */
+int64_t policy_pin_lockout_ms(int n);
+/* Whether a pickup from compartment n needs a PIN ([policy] pin_required or the
+ * compartment's pin = yes). Returns never do. */
+bool policy_pin_required(const struct config *cfg, int compartment);
 
 /* Service opens from the control socket: managers and technicians only. */
 bool policy_may_service_open(enum member_role role);

@@ -26,6 +26,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/rand.h>
 
 #include "daemon/clock.h"
 #include "daemon/log.h"
@@ -87,7 +88,34 @@ struct station {
     struct decision last_decision; /* outcome of the last tap, for `lockerctl sim tap` */
     int last_unlock_rc;
     bool ignore_edges; /* while the simulated cabinet is being set up */
+    station_observer_cb observer;
+    void *observer_arg;
+    bool was_out_of_service; /* the steady state last told to the observer */
+    struct {
+        bool active;
+        char nonce[STATION_NONCE_LEN + 1];
+        struct decision d;
+        int timer;
+        int64_t deadline_ms; /* monotonic */
+        int attempts_left;
+    } pin;
+    struct {
+        bool active;
+        int compartment;
+        char nonce[STATION_NONCE_LEN + 1];
+        int64_t until_ms; /* monotonic */
+        unsigned used;    /* bit per note code */
+    } note;
 };
+
+static void notify(struct station *st, enum station_situation sit, int n, enum refusal reason)
+{
+    if (st->observer)
+        st->observer(sit, n, reason, st->observer_arg);
+}
+
+static void note_open(struct station *st, int n);
+static void notify_steady(struct station *st);
 
 static void comp_fsm(struct comp *c, enum comp_event ev);
 
@@ -108,6 +136,8 @@ const char *station_strerror(int err)
         return "only possible with simulated hardware";
     case STATION_ESTATE:
         return "not possible in the compartment's current state";
+    case STATION_EPIN:
+        return "waiting for the PIN; nothing unlocked yet";
     default:
         return "unknown error";
     }
@@ -282,6 +312,7 @@ static void enter_state(struct comp *c, enum comp_state next)
         int id = loop_add_timer(st->loop, st->cfg->door_open_alarm_ms, held_timeout, c);
         c->held_timer = id > 0 ? id : 0;
     }
+    notify_steady(st);
 }
 
 /* Locked state that matches the key sensor. */
@@ -450,6 +481,10 @@ static void complete(struct comp *c, bool recovered)
     }
     if (type)
         log_info("compartment %d: %s", c->number, type);
+    if (type && strcmp(type, "key.returned") == 0 && strcmp(purpose, "return") == 0 && !recovered) {
+        notify(st, SIT_RETURN_ACCEPTED, c->number, REFUSE_NONE);
+        note_open(st, c->number);
+    }
     c->row = next;
     arm_overdue(c);
 }
@@ -476,6 +511,7 @@ static void sensor_fault(struct comp *c, const char *what)
     json_decref(detail);
     log_warnx("compartment %d: sensor fault (%s): out of service until cleared", c->number, what);
     enter_state(c, CS_SENSOR_FAULT);
+    notify(st, SIT_ALARM, c->number, REFUSE_NONE);
 }
 
 /* ------------------------------------------------------------ the state machine */
@@ -524,6 +560,7 @@ static void fsm_locked(struct comp *c, enum comp_event ev, bool key_was_present)
         emit_comp(c, "door.forced", NULL, json_pack("{s:b}", "keyPresent", key_was_present));
         log_warnx("compartment %d: door forced open", c->number);
         enter_state(c, CS_FORCED_OPEN);
+        notify(c->st, SIT_ALARM, c->number, REFUSE_NONE);
         break;
     case CE_KEY_IN:
     case CE_KEY_OUT:
@@ -616,6 +653,7 @@ static void fsm_open(struct comp *c, enum comp_event ev)
         log_warnx("compartment %d: door held open", c->number);
         if (c->state != CS_FORCED_OPEN)
             enter_state(c, CS_HELD_OPEN);
+        notify(c->st, SIT_ALARM, c->number, REFUSE_NONE);
         break;
     case CE_KEY_IN:
     case CE_KEY_OUT:
@@ -776,10 +814,14 @@ static void build_views(struct station *st, struct comp_view *views)
 }
 
 static void record_refusal(struct station *st, const struct decision *d,
-                           const struct card_read *card)
+                           const struct card_read *card, json_t *extra)
 {
-    json_t *detail =
-        json_pack("{s:s}", "card", card->kind == CARD_KIND_DESFIRE ? "desfire" : "uid");
+    json_t *detail = json_object();
+    if (card)
+        json_object_set_new(detail, "card",
+                            json_string(card->kind == CARD_KIND_DESFIRE ? "desfire" : "uid"));
+    if (extra)
+        json_object_update(detail, extra);
     if (d->next_start_ms) {
         char when[40];
         time_format_utc(d->next_start_ms, when, sizeof(when));
@@ -799,6 +841,395 @@ static void record_refusal(struct station *st, const struct decision *d,
     json_decref(detail);
     log_info("tap refused: %s%s%s", refusal_code(d->reason), d->have_credential ? ", member " : "",
              d->have_credential ? d->member.id : "");
+    notify(st, SIT_REFUSED, d->compartment, d->reason);
+}
+
+/* ------------------------------------------------------------ card + PIN */
+
+static void random_nonce(char out[STATION_NONCE_LEN + 1])
+{
+    uint8_t raw[STATION_NONCE_LEN / 2];
+    static const char digits[] = "0123456789abcdef";
+    if (RAND_bytes(raw, sizeof(raw)) != 1)
+        memset(raw, 0, sizeof(raw)); /* cannot happen; a known nonce still needs the PIN */
+    for (size_t i = 0; i < sizeof(raw); i++) {
+        out[2 * i] = digits[raw[i] >> 4];
+        out[2 * i + 1] = digits[raw[i] & 15];
+    }
+    out[STATION_NONCE_LEN] = '\0';
+}
+
+static bool nonce_ok(const char *want, const char *got)
+{
+    return got != NULL && strlen(got) == STATION_NONCE_LEN &&
+           CRYPTO_memcmp(want, got, STATION_NONCE_LEN) == 0;
+}
+
+/* An event about the awaited PIN's tap, with its member and booking. */
+static int64_t pin_event(struct station *st, const char *type, const char *reason, json_t *detail)
+{
+    const struct decision *d = &st->pin.d;
+    struct event ev = {
+        .type = type,
+        .compartment = d->compartment,
+        .member_id = d->member.id,
+        .credential_id = d->credential.id,
+        .club_id = d->club_id[0] ? d->club_id : NULL,
+        .booking_id = d->have_booking ? d->booking.id : NULL,
+        .reason = reason,
+        .detail = detail,
+    };
+    int64_t seq = emit(st, &ev);
+    if (seq < 0)
+        log_errx("could not record %s", type);
+    return seq;
+}
+
+/* Ends the awaited PIN without an unlock; why is the reason of access.pinCancelled,
+ * or NULL when the end is recorded otherwise (a lockout). */
+static void pin_end(struct station *st, const char *why)
+{
+    if (!st->pin.active)
+        return;
+    if (st->pin.timer)
+        loop_remove(st->loop, st->pin.timer);
+    st->pin.timer = 0;
+    if (why) {
+        json_t *detail = json_pack("{s:s}", "purpose", "pickup");
+        pin_event(st, "access.pinCancelled", why, detail);
+        json_decref(detail);
+        log_info("compartment %d: PIN not entered (%s); nothing unlocked", st->pin.d.compartment,
+                 why);
+    }
+    st->pin.active = false;
+    OPENSSL_cleanse(st->pin.nonce, sizeof(st->pin.nonce));
+    if (why)
+        notify(st, SIT_READY, 0, REFUSE_NONE);
+}
+
+static void pin_timeout(void *arg)
+{
+    struct station *st = arg;
+    st->pin.timer = 0;
+    pin_end(st, "timeout");
+}
+
+static void refuse_pin(struct station *st, struct decision *d, const struct card_read *card,
+                       enum refusal why, json_t *extra)
+{
+    d->action = POLICY_REFUSE;
+    d->reason = why;
+    record_refusal(st, d, card, extra);
+}
+
+static json_t *locked_until_json(int64_t until_ms, int64_t lockout_ms)
+{
+    char when[40];
+    time_format_utc(until_ms, when, sizeof(when));
+    json_t *j = json_pack("{s:s}", "lockedUntil", when);
+    if (lockout_ms > 0)
+        json_object_set_new(j, "lockoutMs", json_integer(lockout_ms));
+    return j;
+}
+
+/* A granted pickup that needs a PIN: check the member can give one, then wait. */
+static void pin_request(struct station *st, struct decision *d, const struct card_read *card)
+{
+    struct pin_row pr;
+    int rc = store_pin_get(st->store, d->member.id, &pr);
+    if (rc == STORE_NOTFOUND) {
+        refuse_pin(st, d, card, REFUSE_PIN_NOT_SET, NULL);
+        return;
+    }
+    if (rc != STORE_OK) {
+        refuse_pin(st, d, card, REFUSE_INTERNAL, NULL);
+        return;
+    }
+    if (pr.locked_until_ms > clock_wall_ms()) {
+        json_t *extra = locked_until_json(pr.locked_until_ms, 0);
+        refuse_pin(st, d, card, REFUSE_PIN_LOCKED_OUT, extra);
+        json_decref(extra);
+        return;
+    }
+    int id = loop_add_timer(st->loop, st->cfg->pin_timeout_ms, pin_timeout, st);
+    if (id < 0) {
+        refuse_pin(st, d, card, REFUSE_INTERNAL, NULL);
+        return;
+    }
+    st->pin.active = true;
+    st->pin.d = *d;
+    st->pin.timer = id;
+    st->pin.deadline_ms = clock_mono_ms() + st->cfg->pin_timeout_ms;
+    st->pin.attempts_left = POLICY_PIN_ATTEMPTS - pr.failures;
+    if (st->pin.attempts_left < 1)
+        st->pin.attempts_left = 1;
+    random_nonce(st->pin.nonce);
+    json_t *detail =
+        json_pack("{s:s,s:I,s:i}", "purpose", "pickup", "timeoutMs",
+                  (json_int_t)st->cfg->pin_timeout_ms, "attemptsLeft", st->pin.attempts_left);
+    int64_t seq = pin_event(st, "access.pinRequested", NULL, detail);
+    json_decref(detail);
+    if (seq < 0) {
+        /* Not logged: do not wait for a PIN that could unlock without a record. */
+        st->pin.active = false;
+        loop_remove(st->loop, st->pin.timer);
+        st->pin.timer = 0;
+        st->last_unlock_rc = STATION_ESTORE;
+        return;
+    }
+    st->last_unlock_rc = STATION_EPIN;
+    log_info("tap granted: pickup, compartment %d, member %s: waiting for the PIN", d->compartment,
+             d->member.id);
+    notify(st, SIT_PIN_WANTED, d->compartment, REFUSE_NONE);
+}
+
+bool station_pin_pending(const struct station *st, struct station_pin_info *out)
+{
+    if (!st->pin.active)
+        return false;
+    out->compartment = st->pin.d.compartment;
+    snprintf(out->nonce, sizeof(out->nonce), "%s", st->pin.nonce);
+    int64_t left = st->pin.deadline_ms - clock_mono_ms();
+    out->remaining_ms = left > 0 ? left : 0;
+    out->attempts_left = st->pin.attempts_left;
+    return true;
+}
+
+enum station_pin_result station_pin_enter(struct station *st, const char *nonce, const char *pin,
+                                          int *attempts_left, int64_t *lockout_ms)
+{
+    *attempts_left = 0;
+    *lockout_ms = 0;
+    if (!st->pin.active || !nonce_ok(st->pin.nonce, nonce))
+        return STATION_PIN_STALE;
+    struct decision *d = &st->pin.d;
+    struct pin_row pr;
+    if (store_pin_get(st->store, d->member.id, &pr) != STORE_OK) {
+        pin_end(st, "internal-error");
+        return STATION_PIN_FAILED;
+    }
+    int64_t now = clock_wall_ms();
+    if (pin != NULL && policy_pin_verify(pr.hash, pin)) {
+        struct comp *c = comp_by_number(st, d->compartment);
+        if (store_pin_attempts(st->store, d->member.id, 0, 0, 0) != STORE_OK)
+            log_errx("could not reset the PIN attempts of %s", d->member.id);
+        if (st->pin.timer)
+            loop_remove(st->loop, st->pin.timer);
+        st->pin.timer = 0;
+        st->pin.active = false;
+        OPENSSL_cleanse(st->pin.nonce, sizeof(st->pin.nonce));
+        json_t *detail = json_pack("{s:s,s:b}", "purpose", "pickup", "pin", 1);
+        struct unlock_req req = {
+            .purpose = "pickup",
+            .member_id = d->member.id,
+            .credential_id = d->credential.id,
+            .club_id = d->club_id[0] ? d->club_id : NULL,
+            .booking_id = d->have_booking ? d->booking.id : NULL,
+            .event_type = "access.granted",
+            .detail = detail,
+        };
+        int rc = c ? comp_unlock(c, &req) : STATION_EINVAL;
+        json_decref(detail);
+        st->last_unlock_rc = rc;
+        if (rc != 0) {
+            log_errx("PIN right (compartment %d) but not unlocked: %s", d->compartment,
+                     station_strerror(rc));
+            notify(st, SIT_REFUSED, d->compartment, REFUSE_BUSY);
+            return STATION_PIN_FAILED;
+        }
+        log_info("PIN right: pickup, compartment %d, member %s", d->compartment, d->member.id);
+        notify(st, SIT_GRANTED, d->compartment, REFUSE_NONE);
+        return STATION_PIN_OK;
+    }
+
+    /* Wrong: count it, and lock out after POLICY_PIN_ATTEMPTS in a row. */
+    int failures = pr.failures + 1, lockouts = pr.lockouts;
+    int64_t until = 0, lock_ms = 0;
+    if (failures >= POLICY_PIN_ATTEMPTS) {
+        lock_ms = policy_pin_lockout_ms(lockouts);
+        until = now + lock_ms;
+        lockouts++;
+        failures = 0;
+    }
+    json_t *extra = lock_ms ? locked_until_json(until, lock_ms)
+                            : json_pack("{s:i}", "attemptsLeft", POLICY_PIN_ATTEMPTS - failures);
+    struct decision refused = *d;
+    refused.action = POLICY_REFUSE;
+    refused.reason = lock_ms ? REFUSE_PIN_LOCKED_OUT : REFUSE_PIN_WRONG;
+    bool ok = store_begin(st->store) == STORE_OK &&
+              store_pin_attempts(st->store, d->member.id, failures, lockouts, until) == STORE_OK;
+    if (ok) {
+        record_refusal(st, &refused, NULL, extra);
+        ok = store_commit(st->store) == STORE_OK;
+    } else {
+        store_rollback(st->store);
+    }
+    json_decref(extra);
+    if (!ok) {
+        pin_end(st, "internal-error");
+        return STATION_PIN_FAILED;
+    }
+    if (lock_ms) {
+        log_warnx("member %s: %d wrong PINs, locked out for %lld s", d->member.id,
+                  POLICY_PIN_ATTEMPTS, (long long)(lock_ms / 1000));
+        pin_end(st, NULL);
+        *lockout_ms = lock_ms;
+        return STATION_PIN_LOCKED_OUT;
+    }
+    st->pin.attempts_left = POLICY_PIN_ATTEMPTS - failures;
+    *attempts_left = st->pin.attempts_left;
+    return STATION_PIN_WRONG;
+}
+
+int station_pin_cancel(struct station *st, const char *nonce)
+{
+    if (!st->pin.active || !nonce_ok(st->pin.nonce, nonce))
+        return STATION_ESTATE;
+    pin_end(st, "cancelled");
+    return 0;
+}
+
+/* ------------------------------------------------------------ condition notes */
+
+static const char *const note_codes[] = {"lights-broken", "floor-wet", "equipment-missing",
+                                         "other"};
+
+static void note_open(struct station *st, int n)
+{
+    st->note.active = true;
+    st->note.compartment = n;
+    st->note.until_ms = clock_mono_ms() + STATION_NOTE_WINDOW_MS;
+    st->note.used = 0;
+    random_nonce(st->note.nonce);
+}
+
+bool station_note_pending(const struct station *st, struct station_note_info *out)
+{
+    int64_t left = st->note.until_ms - clock_mono_ms();
+    if (!st->note.active || left <= 0)
+        return false;
+    out->compartment = st->note.compartment;
+    snprintf(out->nonce, sizeof(out->nonce), "%s", st->note.nonce);
+    out->remaining_ms = left;
+    return true;
+}
+
+int station_condition_note(struct station *st, const char *nonce, const char *code,
+                           const char *text)
+{
+    size_t k = 0, nk = sizeof(note_codes) / sizeof(note_codes[0]);
+    while (k < nk && (code == NULL || strcmp(code, note_codes[k]) != 0))
+        k++;
+    if (k == nk)
+        return STATION_EINVAL;
+    /* Control characters out; the length in characters (UTF-8 lead bytes). */
+    char clean[STATION_NOTE_TEXT_MAX * 4 + 1];
+    size_t len = 0, chars = 0;
+    for (const unsigned char *p = (const unsigned char *)(text ? text : ""); *p; p++) {
+        if (*p < 0x20 || *p == 0x7f)
+            continue;
+        if ((*p & 0xc0) != 0x80)
+            chars++;
+        if (chars > STATION_NOTE_TEXT_MAX || len + 1 >= sizeof(clean))
+            return STATION_EINVAL;
+        clean[len++] = (char)*p;
+    }
+    clean[len] = '\0';
+    while (len > 0 && clean[len - 1] == ' ')
+        clean[--len] = '\0';
+    if (strcmp(code, "other") == 0 && len == 0)
+        return STATION_EINVAL;
+    json_t *jtext = json_string(clean); /* NULL when it is not UTF-8 */
+    if (jtext == NULL)
+        return STATION_EINVAL;
+    struct station_note_info info;
+    if (!station_note_pending(st, &info) || !nonce_ok(st->note.nonce, nonce) ||
+        (st->note.used & (1u << k))) {
+        json_decref(jtext);
+        return STATION_ESTATE;
+    }
+    const struct compartment_cfg *cc = config_compartment(st->cfg, info.compartment);
+    json_t *detail = json_pack("{s:s,s:s}", "code", code, "hall", cc ? cc->hall : "");
+    if (len > 0)
+        json_object_set_new(detail, "text", jtext);
+    else
+        json_decref(jtext);
+    struct event ev = {
+        .type = "hall.conditionNote",
+        .compartment = info.compartment,
+        .reason = code,
+        .detail = detail,
+    };
+    int64_t seq = emit(st, &ev);
+    json_decref(detail);
+    if (seq < 0)
+        return STATION_ESTORE;
+    st->note.used |= 1u << k;
+    log_info("compartment %d: condition note %s", info.compartment, code);
+    return 0;
+}
+
+/* ------------------------------------------------------------ observer, outputs */
+
+const char *station_situation_name(enum station_situation sit)
+{
+    switch (sit) {
+    case SIT_READY:
+        return "ready";
+    case SIT_READING:
+        return "reading";
+    case SIT_GRANTED:
+        return "granted";
+    case SIT_PIN_WANTED:
+        return "pin-wanted";
+    case SIT_REFUSED:
+        return "refused";
+    case SIT_RETURN_ACCEPTED:
+        return "return-accepted";
+    case SIT_ALARM:
+        return "alarm";
+    case SIT_OUT_OF_SERVICE:
+        return "out-of-service";
+    }
+    return "?";
+}
+
+void station_set_observer(struct station *st, station_observer_cb cb, void *arg)
+{
+    st->observer = cb;
+    st->observer_arg = arg;
+}
+
+bool station_out_of_service(const struct station *st)
+{
+    for (int i = 0; i < st->ncomps; i++) {
+        if (st->comps[i].state != CS_SENSOR_FAULT && st->comps[i].state != CS_OUT_OF_SERVICE)
+            return false;
+    }
+    return st->ncomps > 0;
+}
+
+/* Tells the observer when the steady state (ready or out of service) changes. */
+static void notify_steady(struct station *st)
+{
+    bool oos = station_out_of_service(st);
+    if (oos == st->was_out_of_service)
+        return;
+    st->was_out_of_service = oos;
+    notify(st, oos ? SIT_OUT_OF_SERVICE : SIT_READY, 0, REFUSE_NONE);
+}
+
+int station_output_request(struct station *st, const struct line_cfg *line)
+{
+    int h = st->gops->request(st->gdev, line, GPIO_OUTPUT);
+    if (h >= 0 && st->gops->set(st->gdev, h, 0) < 0)
+        log_errx("cannot drive %s inactive", line->name);
+    return h;
+}
+
+int station_output_set(struct station *st, int handle, int value)
+{
+    return st->gops->set(st->gdev, handle, value);
 }
 
 void station_card(struct station *st, const struct card_read *card)
@@ -817,15 +1248,21 @@ void station_card(struct station *st, const struct card_read *card)
         return;
     }
 
+    notify(st, SIT_READING, 0, REFUSE_NONE);
+    if (st->pin.active)
+        pin_end(st, "new-tap");
+
     struct comp_view views[CONFIG_MAX_COMPARTMENTS];
     struct decision d;
     build_views(st, views);
     policy_decide(st->cfg, st->store, hmac, card, views, st->ncomps, clock_wall_ms(), &d);
     st->last_unlock_rc = 0;
 
-    if (d.action == POLICY_REFUSE) {
-        record_refusal(st, &d, card);
-    } else {
+    if (d.action == POLICY_PICKUP && policy_pin_required(st->cfg, d.compartment))
+        pin_request(st, &d, card); /* may turn d into a refusal */
+    else if (d.action == POLICY_REFUSE)
+        record_refusal(st, &d, card, NULL);
+    else {
         struct comp *c = comp_by_number(st, d.compartment);
         const char *purpose = d.action == POLICY_PICKUP ? "pickup" : "return";
         json_t *detail = json_pack("{s:s}", "purpose", purpose);
@@ -841,10 +1278,11 @@ void station_card(struct station *st, const struct card_read *card)
         int rc = c ? comp_unlock(c, &req) : STATION_EINVAL;
         json_decref(detail);
         st->last_unlock_rc = rc;
-        if (rc == 0)
+        if (rc == 0) {
             log_info("tap granted: %s, compartment %d, member %s", purpose, d.compartment,
                      d.member.id);
-        else
+            notify(st, SIT_GRANTED, d.compartment, REFUSE_NONE);
+        } else
             log_errx("tap granted (%s, compartment %d) but not unlocked: %s", purpose,
                      d.compartment, station_strerror(rc));
     }
@@ -864,6 +1302,7 @@ static void on_gpio_edge(gpio_line line, int value, void *arg)
             struct event ev = {.type = "station.tamper"};
             emit(st, &ev);
             log_warnx("enclosure tamper switch triggered");
+            notify(st, SIT_ALARM, 0, REFUSE_NONE);
         }
         st->tamper_active = active;
         return;
@@ -1037,6 +1476,8 @@ void station_free(struct station *st)
         if (st->gops->set(st->gdev, c->lock, 0) < 0)
             log_errx("compartment %d: cannot drive lock inactive at exit", c->number);
     }
+    if (st->pin.timer)
+        loop_remove(st->loop, st->pin.timer);
     if (st->housekeeping_timer)
         loop_remove(st->loop, st->housekeeping_timer);
     if (st->checkpoint_timer)
@@ -1169,6 +1610,8 @@ int station_start(struct station *st)
         st->tamper_active = st->gops->get(st->gdev, st->tamper) > 0;
 
     housekeeping_fired(st);
+    st->was_out_of_service = station_out_of_service(st);
+    notify(st, st->was_out_of_service ? SIT_OUT_OF_SERVICE : SIT_READY, 0, REFUSE_NONE);
     return 0;
 }
 

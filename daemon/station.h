@@ -29,6 +29,7 @@
 #define STATION_EHW     (-4) /* hardware call failed */
 #define STATION_ENOTSIM (-5) /* a sim command on real hardware */
 #define STATION_ESTATE  (-6) /* not possible in the current state */
+#define STATION_EPIN    (-7) /* granted, waiting for the PIN: nothing unlocked yet */
 
 const char *station_strerror(int err);
 
@@ -121,6 +122,84 @@ int station_reader_info(struct station *st, char *buf, size_t len);
 int station_selftest_pulse(struct station *st, int n, const char *operator_name, int64_t pulse_ms);
 /* Records the self-test's summary (station.selftest). Returns its seq or -1. */
 int64_t station_selftest_record(struct station *st, const char *operator_name, json_t *detail);
+
+/* ---- observer: what the station's LED and buzzer tell (daemon/feedback.c) ---- */
+
+enum station_situation {
+    SIT_READY,           /* steady: ready for a card (also after a PIN timeout or cancel) */
+    SIT_READING,         /* a card was read; called before the policy decides */
+    SIT_GRANTED,         /* a tap unlocked compartment N (pickup or return) */
+    SIT_PIN_WANTED,      /* granted, but the PIN must be entered first */
+    SIT_REFUSED,         /* refused; reason says why (also a wrong PIN, a lockout) */
+    SIT_RETURN_ACCEPTED, /* a key was returned: key.returned recorded */
+    SIT_ALARM,           /* door forced or held open, sensor fault, tamper */
+    SIT_OUT_OF_SERVICE,  /* steady: no compartment can be served */
+};
+#define SIT_COUNT (SIT_OUT_OF_SERVICE + 1)
+const char *station_situation_name(enum station_situation sit);
+
+/* compartment is 0 when the situation concerns no single compartment; reason is
+ * REFUSE_NONE except for SIT_REFUSED. */
+typedef void (*station_observer_cb)(enum station_situation sit, int compartment,
+                                    enum refusal reason, void *arg);
+/* One observer; NULL removes it. It is called from inside the station's handlers:
+ * it must not call back into the station except for the getters below and
+ * station_output_set(). */
+void station_set_observer(struct station *st, station_observer_cb cb, void *arg);
+/* True when every compartment is out of service or faulted. */
+bool station_out_of_service(const struct station *st);
+
+/* Extra output lines on the station's GPIO device (LED, buzzer): requested
+ * inactive; driven inactive by the backend when the station is freed. Returns a
+ * handle >= 0 or -errno. */
+int station_output_request(struct station *st, const struct line_cfg *line);
+int station_output_set(struct station *st, int handle, int value);
+
+/* ---- card + PIN (docs/kiosk.md) ----
+ * A granted pickup from a compartment that needs a PIN logs access.pinRequested
+ * and waits [policy] pin_timeout for the PIN; only the right PIN unlocks, through
+ * access.granted as any unlock. The screen gets a nonce per tap and must send it
+ * with the PIN. */
+#define STATION_NONCE_LEN 32 /* hex digits */
+struct station_pin_info {
+    int compartment;
+    char nonce[STATION_NONCE_LEN + 1];
+    int64_t remaining_ms;
+    int attempts_left;
+};
+/* True (and out filled) while a PIN is awaited. */
+bool station_pin_pending(const struct station *st, struct station_pin_info *out);
+enum station_pin_result {
+    STATION_PIN_OK,         /* right: access.granted recorded, the compartment unlocks */
+    STATION_PIN_WRONG,      /* wrong; *attempts_left more before a lockout */
+    STATION_PIN_LOCKED_OUT, /* wrong, and now locked out for *lockout_ms: tap ended */
+    STATION_PIN_STALE,      /* no PIN awaited, or not with this nonce */
+    STATION_PIN_FAILED,     /* store or hardware failure: nothing unlocked */
+};
+enum station_pin_result station_pin_enter(struct station *st, const char *nonce, const char *pin,
+                                          int *attempts_left, int64_t *lockout_ms);
+/* Ends the awaited PIN (access.pinCancelled, reason "cancelled"). STATION_ESTATE
+ * when no PIN with this nonce is awaited. */
+int station_pin_cancel(struct station *st, const char *nonce);
+
+/* ---- condition notes after a return ----
+ * For STATION_NOTE_WINDOW_MS after a return the screen may send notes on the
+ * hall's condition: each code once, recorded as hall.conditionNote. */
+#define STATION_NOTE_WINDOW_MS (2 * 60 * 1000)
+#define STATION_NOTE_TEXT_MAX  200 /* characters of free text */
+struct station_note_info {
+    int compartment;
+    char nonce[STATION_NONCE_LEN + 1];
+    int64_t remaining_ms;
+};
+bool station_note_pending(const struct station *st, struct station_note_info *out);
+/* code: "lights-broken", "floor-wet", "equipment-missing" or "other" (which needs
+ * text); text may be NULL, control characters are dropped, at most
+ * STATION_NOTE_TEXT_MAX characters. Returns 0, STATION_EINVAL (bad code or text),
+ * STATION_ESTATE (no note window with this nonce, or this code was sent) or
+ * STATION_ESTORE. */
+int station_condition_note(struct station *st, const char *nonce, const char *code,
+                           const char *text);
 
 /* Current state, for status output. New reference. */
 json_t *station_status_json(struct station *st);

@@ -181,6 +181,19 @@ static const struct migration migrations[] = {
         NULL,
         NULL,
     },
+    /* 4: card + PIN. A member's salted PIN hash (policy_pin_hash()) and the state of
+     * the lockout after wrong PINs; erased with the member. */
+    {
+        "CREATE TABLE member_pins ("
+        "  member_id TEXT PRIMARY KEY NOT NULL REFERENCES members (id) ON DELETE CASCADE,"
+        "  hash TEXT NOT NULL,"
+        "  failures INTEGER NOT NULL DEFAULT 0,"
+        "  lockouts INTEGER NOT NULL DEFAULT 0,"
+        "  locked_until_ms INTEGER NOT NULL DEFAULT 0,"
+        "  set_ms INTEGER NOT NULL);",
+        NULL,
+        NULL,
+    },
 };
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
 
@@ -2617,4 +2630,207 @@ void store_remove_append_hook(struct store *s, void (*fn)(void *arg), void *arg)
 const char *store_boot_id(const struct store *s)
 {
     return s->boot_id;
+}
+
+/* ---- the manager console (control.c: booking.move, recurring bookings, lists) ---- */
+
+int store_booking_conflict(struct store *s, int compartment, int64_t start_ms, int64_t end_ms,
+                           const char *exclude_id, struct booking *out)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT " BOOKING_COLS " FROM bookings WHERE compartment = ?1"
+                           " AND status = 'active' AND start_ms < ?3 AND end_ms > ?2"
+                           " AND id IS NOT ?4 ORDER BY start_ms LIMIT 1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_error(s, "booking conflict");
+    int ret = STORE_ERR;
+    if (bind_int(st, 1, compartment) && bind_int(st, 2, start_ms) && bind_int(st, 3, end_ms) &&
+        bind_text(st, 4, exclude_id)) {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            read_booking(st, out);
+            ret = STORE_OK;
+        } else if (rc == SQLITE_DONE) {
+            ret = STORE_NOTFOUND;
+        }
+    }
+    if (ret == STORE_ERR)
+        db_error(s, "booking conflict");
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_booking_move(struct store *s, const char *id, int64_t start_ms, int64_t end_ms)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, "UPDATE bookings SET start_ms = ?2, end_ms = ?3 WHERE id = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_error(s, "booking move");
+    int ret = STORE_ERR;
+    if (bind_text(st, 1, id) && bind_int(st, 2, start_ms) && bind_int(st, 3, end_ms))
+        ret = step_write(s, st, "booking move", true);
+    else
+        db_error(s, "booking move");
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* One query's rows as an array of objects, columns named by the query. */
+static json_t *rows_json(struct store *s, const char *sql, const char *what)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        db_error(s, what);
+        return NULL;
+    }
+    json_t *arr = json_array();
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *o = json_object();
+        for (int i = 0; i < sqlite3_column_count(st); i++) {
+            const char *name = sqlite3_column_name(st, i);
+            switch (sqlite3_column_type(st, i)) {
+            case SQLITE_INTEGER:
+                json_object_set_new(o, name, json_integer(sqlite3_column_int64(st, i)));
+                break;
+            case SQLITE_NULL:
+                break;
+            default:
+                json_object_set_new(o, name, json_string((const char *)sqlite3_column_text(st, i)));
+                break;
+            }
+        }
+        json_array_append_new(arr, o);
+    }
+    if (rc != SQLITE_DONE) {
+        db_error(s, what);
+        json_decref(arr);
+        arr = NULL;
+    }
+    sqlite3_finalize(st);
+    return arr;
+}
+
+json_t *store_directory_json(struct store *s)
+{
+    json_t *clubs = rows_json(s, "SELECT id, name FROM clubs ORDER BY name, id", "clubs");
+    json_t *members = rows_json(s,
+                                "SELECT m.id AS id, m.name AS name, m.role AS role,"
+                                " (SELECT group_concat(club_id, ' ') FROM member_clubs"
+                                "  WHERE member_id = m.id) AS clubs"
+                                " FROM members m ORDER BY m.name, m.id",
+                                "members");
+    json_t *cards = rows_json(s,
+                              "SELECT id, member_id AS member, card_type AS type, status, source"
+                              " FROM credentials ORDER BY member_id, id",
+                              "cards");
+    if (!clubs || !members || !cards) {
+        json_decref(clubs);
+        json_decref(members);
+        json_decref(cards);
+        return NULL;
+    }
+    return json_pack("{s:o,s:o,s:o}", "clubs", clubs, "members", members, "cards", cards);
+}
+
+int store_club_rename(struct store *s, const char *id, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, "UPDATE clubs SET name = ?2 WHERE id = ?1", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_error(s, "club rename");
+    int ret = STORE_ERR;
+    if (bind_text(st, 1, id) && bind_text(st, 2, name))
+        ret = step_write(s, st, "club rename", true);
+    else
+        db_error(s, "club rename");
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_member_rename(struct store *s, const char *id, const char *name)
+{
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(s->db, "UPDATE members SET name = ?2 WHERE id = ?1", -1, &st, NULL) !=
+        SQLITE_OK)
+        return db_error(s, "member rename");
+    int ret = STORE_ERR;
+    if (bind_text(st, 1, id) && bind_text(st, 2, name))
+        ret = step_write(s, st, "member rename", true);
+    else
+        db_error(s, "member rename");
+    sqlite3_finalize(st);
+    return ret;
+}
+
+/* ---- card + PIN (member_pins) ----
+ * Rare writes: the statements are prepared per call rather than cached. */
+
+static int pin_exec(struct store *s, const char *sql, const char *member_id, const char *text,
+                    int64_t a, int64_t b, int64_t c, const char *what)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_error(s, what);
+    int rc = STORE_ERR, n = sqlite3_bind_parameter_count(st);
+    /* Each statement uses the first n of ?1 member, ?2 text, ?3..?5 integers. */
+    if (bind_text(st, 1, member_id) && (n < 2 || bind_text(st, 2, text)) &&
+        (n < 3 || bind_int(st, 3, a)) && (n < 4 || bind_int(st, 4, b)) &&
+        (n < 5 || bind_int(st, 5, c)))
+        rc = write_one(s, st, what, true);
+    else
+        db_error(s, what);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+int store_pin_set(struct store *s, const char *member_id, const char *hash, int64_t now_ms)
+{
+    if (hash == NULL)
+        return pin_exec(s, "DELETE FROM member_pins WHERE member_id = ?1", member_id, NULL, 0, 0, 0,
+                        "pin clear");
+    return pin_exec(s,
+                    "INSERT INTO member_pins (member_id, hash, failures, lockouts,"
+                    " locked_until_ms, set_ms) VALUES (?1, ?2, ?3, ?4, 0, ?5)"
+                    " ON CONFLICT (member_id) DO UPDATE SET hash = excluded.hash,"
+                    " failures = 0, lockouts = 0, locked_until_ms = 0, set_ms = excluded.set_ms",
+                    member_id, hash, 0, 0, now_ms, "pin set");
+}
+
+int store_pin_get(struct store *s, const char *member_id, struct pin_row *out)
+{
+    sqlite3_stmt *st;
+    memset(out, 0, sizeof *out);
+    if (sqlite3_prepare_v2(s->db,
+                           "SELECT hash, failures, lockouts, locked_until_ms FROM member_pins"
+                           " WHERE member_id = ?1",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_error(s, "pin get");
+    int ret = STORE_NOTFOUND;
+    if (!bind_text(st, 1, member_id)) {
+        ret = db_error(s, "pin get");
+    } else {
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            col_str(st, 0, out->hash, sizeof out->hash);
+            out->failures = sqlite3_column_int(st, 1);
+            out->lockouts = sqlite3_column_int(st, 2);
+            out->locked_until_ms = sqlite3_column_int64(st, 3);
+            ret = STORE_OK;
+        } else if (rc != SQLITE_DONE) {
+            ret = db_error(s, "pin get");
+        }
+    }
+    sqlite3_finalize(st);
+    return ret;
+}
+
+int store_pin_attempts(struct store *s, const char *member_id, int failures, int lockouts,
+                       int64_t locked_until_ms)
+{
+    return pin_exec(s,
+                    "UPDATE member_pins SET failures = ?3, lockouts = ?4, locked_until_ms = ?5"
+                    " WHERE member_id = ?1 AND ?2 IS NULL", /* ?2 keeps the numbering */
+                    member_id, NULL, failures, lockouts, locked_until_ms, "pin attempts");
 }

@@ -332,6 +332,21 @@ int64_t store_dead_letter_count(struct store *s);
 /* fn(arg) is called after each commit that made new events durable (the outbox has
  * work, a screen has news); it must not write to the store from inside the call.
  * At most STORE_MAX_HOOKS; STORE_ERR when full. */
+/* ---- card + PIN: a member's PIN hash and lockout (policy.h has the format) ---- */
+struct pin_row {
+    char hash[128];
+    int failures;            /* wrong PINs in a row since the last lockout or right PIN */
+    int lockouts;            /* lockouts since the last right PIN */
+    int64_t locked_until_ms; /* wall clock; 0 = not locked out */
+};
+/* Sets (hash) or removes (NULL) the PIN; setting resets the lockout. NOTFOUND when
+ * the member does not exist (set) or has no PIN (remove). */
+int store_pin_set(struct store *s, const char *member_id, const char *hash, int64_t now_ms);
+int store_pin_get(struct store *s, const char *member_id,
+                  struct pin_row *out); /* OK/NOTFOUND/ERR */
+int store_pin_attempts(struct store *s, const char *member_id, int failures, int lockouts,
+                       int64_t locked_until_ms);
+
 #define STORE_MAX_HOOKS 4
 int store_add_append_hook(struct store *s, void (*fn)(void *arg), void *arg);
 void store_remove_append_hook(struct store *s, void (*fn)(void *arg), void *arg);
@@ -347,5 +362,20 @@ int store_checkpoint(struct store *s);
 int store_integrity_check(struct store *s, char *why, size_t whylen);
 /* Outbox depth (events not yet acknowledged by the city API). */
 int64_t store_outbox_depth(struct store *s);
+
+/* ---- the manager console ---- */
+
+/* The first active booking of the compartment overlapping [start, end), other than
+ * exclude_id (NULL: none): STORE_OK with *out filled, NOTFOUND when free, or ERR. */
+int store_booking_conflict(struct store *s, int compartment, int64_t start_ms, int64_t end_ms,
+                           const char *exclude_id, struct booking *out);
+/* Sets a booking's times (the caller checked conflicts). OK/NOTFOUND/ERR. */
+int store_booking_move(struct store *s, const char *id, int64_t start_ms, int64_t end_ms);
+/* Clubs, members (with their club ids, space-separated) and cards (id, member, type,
+ * status, source; never the HMAC) as {clubs: [...], members: [...], cards: [...]}.
+ * New reference, NULL on error. */
+json_t *store_directory_json(struct store *s);
+int store_club_rename(struct store *s, const char *id, const char *name);   /* OK/NOTFOUND/ERR */
+int store_member_rename(struct store *s, const char *id, const char *name); /* OK/NOTFOUND/ERR */
 
 #endif

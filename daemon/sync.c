@@ -29,6 +29,7 @@
 
 #include "daemon/clock.h"
 #include "daemon/log.h"
+#include "daemon/opendata.h"
 #include "daemon/syncmsg.h"
 #include "daemon/timeutil.h"
 
@@ -41,10 +42,15 @@
 #define RESTART_MAX_MS  60000
 #define STABLE_MS       60000 /* a worker that lived this long resets the back-off */
 #define PEM_MAX         65536
+/* The daily open-data summary ([opendata] push, docs/api.md "Daily usage summary"). */
+#define USAGE_META       "opendata.pushed_through" /* the last day the city confirmed */
+#define USAGE_DAYS_BACK  7                         /* never more days than this */
+#define USAGE_AFTER_MS   (2 * 60 * 1000)           /* the timer: this long after midnight */
+#define USAGE_RECHECK_MS (60 * 60 * 1000)          /* and at least hourly (clock changes) */
 
-enum op { OP_CONFIG, OP_RESERVATIONS, OP_CREDENTIALS, OP_EVENTS, OP_HEARTBEAT, OP_COUNT };
-static const char *const op_names[OP_COUNT] = {"config", "reservations", "credentials", "events",
-                                               "heartbeat"};
+enum op { OP_CONFIG, OP_RESERVATIONS, OP_CREDENTIALS, OP_EVENTS, OP_HEARTBEAT, OP_USAGE, OP_COUNT };
+static const char *const op_names[OP_COUNT] = {"config", "reservations", "credentials",
+                                               "events", "heartbeat",    "usage"};
 
 struct op_state {
     int64_t last_ok_ms;  /* wall clock; 0 = never */
@@ -89,6 +95,14 @@ struct sync {
     int heartbeat_timer;
     int64_t heartbeat_s;
 
+    /* The daily open-data summary: one day in flight at a time, the next one only
+     * after the city confirmed it (or refused it for good). */
+    bool usage_in_flight;
+    char usage_date[OPENDATA_DATE_LEN];
+    int usage_timer;
+    char usage_refused[OPENDATA_DATE_LEN]; /* the last day given up, "" = none */
+    char usage_refused_error[256];
+
     int64_t cycle_asked, cycle_done;
     bool cycle_ok;
     struct op_state ops[OP_COUNT];
@@ -103,6 +117,8 @@ static void worker_stop(struct sync *sy, const char *why);
 static void worker_schedule_restart(struct sync *sy);
 static void upload_schedule(struct sync *sy, int64_t delay_ms);
 static void heartbeat_schedule(struct sync *sy);
+static void usage_push(struct sync *sy);
+static void usage_schedule(struct sync *sy);
 
 static bool enabled(const struct sync *sy)
 {
@@ -257,7 +273,8 @@ static void worker_stop(struct sync *sy, const char *why)
         kill(sy->pid, SIGKILL); /* misbehaving: no grace */
     worker_reap(sy);
     page_reset(sy);
-    sy->in_flight = false; /* the batch stays in the outbox and is sent again */
+    sy->in_flight = false;       /* the batch stays in the outbox and is sent again */
+    sy->usage_in_flight = false; /* the day is sent again to the next worker */
     if (sy->upload_timer > 0)
         loop_remove(sy->loop, sy->upload_timer);
     sy->upload_timer = 0;
@@ -334,6 +351,7 @@ static void worker_start(struct sync *sy)
     sy->worker_error[0] = '\0';
     log_info("sync: worker %d started for %s", (int)pid, sy->cfg->sync_url);
     upload_schedule(sy, 0);
+    usage_push(sy);
 }
 
 static void on_restart(void *arg)
@@ -814,6 +832,151 @@ static void on_cycle_done(struct sync *sy, const struct syncmsg *m)
         return worker_fail(sy, "cycle %" PRId64 " was never asked for", cycle);
     sy->cycle_done = cycle;
     sy->cycle_ok = syncmsg_int(m, F_SUCCESS, 0) != 0;
+    usage_push(sy);
+}
+
+/* ---------------------------------------------------------------- daily usage summary */
+
+static bool usage_on(const struct sync *sy)
+{
+    return enabled(sy) && sy->cfg->opendata_push;
+}
+
+/* The last day the city has, or "" (and false) when never set or unreadable. */
+static bool usage_through(struct sync *sy, char out[OPENDATA_DATE_LEN])
+{
+    char buf[32];
+    int64_t a, b;
+    out[0] = '\0';
+    if (store_meta_get(sy->store, USAGE_META, buf, sizeof buf) != STORE_OK ||
+        !opendata_day_bounds(buf, &a, &b))
+        return false;
+    memcpy(out, buf, OPENDATA_DATE_LEN); /* day_bounds checked: 10 characters */
+    return true;
+}
+
+/* Sends the oldest day the city does not have yet: days before today (local), after
+ * the last confirmed one, at most USAGE_DAYS_BACK back. The first time push is on,
+ * the last confirmed day is taken as the day before yesterday: yesterday is the
+ * first day pushed, not years of history. */
+static void usage_push(struct sync *sy)
+{
+    if (!usage_on(sy) || sy->fd < 0 || sy->halted || sy->usage_in_flight)
+        return;
+    int64_t now = clock_wall_ms();
+    char today[OPENDATA_DATE_LEN], oldest[OPENDATA_DATE_LEN], through[OPENDATA_DATE_LEN];
+    opendata_date(now, 0, today);
+    opendata_date(now, -USAGE_DAYS_BACK, oldest);
+    if (!usage_through(sy, through)) {
+        opendata_date(now, -2, through);
+        if (store_meta_set(sy->store, USAGE_META, through) != STORE_OK) {
+            log_errx("sync: cannot record where the usage summaries start");
+            return;
+        }
+    }
+    /* A day too large for one message is given up like a refused one, and the loop
+     * goes on with the next. */
+    for (int guard = 0; guard <= USAGE_DAYS_BACK + 1; guard++) {
+        char day[OPENDATA_DATE_LEN], err[160];
+        int64_t from, to;
+        if (!opendata_day_bounds(through, &from, &to))
+            return;
+        opendata_date(to, 0, day);
+        if (strcmp(day, oldest) < 0)
+            snprintf(day, sizeof day, "%s", oldest);
+        if (strcmp(day, today) >= 0)
+            return; /* today is not over */
+        json_t *doc = opendata_day_document(sy->store, sy->cfg, day, now, err, sizeof err);
+        if (doc == NULL) {
+            /* A database error: tried again on the next occasion. */
+            log_errx("sync: usage summary of %s: %s", day, err);
+            return;
+        }
+        char *body = json_dumps(doc, JSON_COMPACT);
+        json_decref(doc);
+        if (body == NULL)
+            return;
+        if (strlen(body) <= BODY_MAX) {
+            struct syncmsg_builder b;
+            syncmsg_start(&b, sy->wbuf, sizeof sy->wbuf, SM_USAGE);
+            syncmsg_put_str(&b, F_DATE, day);
+            syncmsg_put_str(&b, F_BODY, body);
+            free(body);
+            if (send_msg(sy, &b)) {
+                sy->usage_in_flight = true;
+                snprintf(sy->usage_date, sizeof sy->usage_date, "%s", day);
+                log_debug("sync: usage summary of %s sent to the worker", day);
+            }
+            return;
+        }
+        free(body);
+        log_errx("sync: the usage summary of %s is larger than %d bytes: not sent", day, BODY_MAX);
+        snprintf(sy->usage_refused, sizeof sy->usage_refused, "%s", day);
+        snprintf(sy->usage_refused_error, sizeof sy->usage_refused_error, "larger than %d bytes",
+                 BODY_MAX);
+        if (store_meta_set(sy->store, USAGE_META, day) != STORE_OK)
+            return;
+        snprintf(through, sizeof through, "%s", day);
+    }
+}
+
+static void on_usage_done(struct sync *sy, const struct syncmsg *m)
+{
+    char date[OPENDATA_DATE_LEN], outcome[16], error[256] = "";
+    int http = (int)syncmsg_int(m, F_HTTP, 0);
+    if (!sy->usage_in_flight || !syncmsg_str(m, F_DATE, date, sizeof date) ||
+        strcmp(date, sy->usage_date) != 0 || !syncmsg_str(m, F_OUTCOME, outcome, sizeof outcome) ||
+        !str_field(m, F_ERROR, error, sizeof error))
+        return worker_fail(sy, "a usage result for no day in flight");
+    if (strcmp(outcome, "dead") == 0) {
+        /* The same document would be refused again; later days must not wait for it. */
+        log_errx("sync: the city refused the usage summary of %s for good (HTTP %d: %s); "
+                 "going on with the next day",
+                 date, http, error);
+        snprintf(sy->usage_refused, sizeof sy->usage_refused, "%s", date);
+        snprintf(sy->usage_refused_error, sizeof sy->usage_refused_error, "HTTP %d: %s", http,
+                 error);
+    } else if (strcmp(outcome, "done") == 0) {
+        log_info("sync: usage summary of %s delivered", date);
+    } else {
+        return worker_fail(sy, "usage outcome '%s'", outcome);
+    }
+    sy->usage_in_flight = false;
+    if (store_meta_set(sy->store, USAGE_META, date) != STORE_OK) {
+        /* Not recorded: the day goes again on the next occasion (a PUT replaces). */
+        log_errx("sync: cannot record the usage summary of %s as delivered", date);
+        return;
+    }
+    usage_push(sy);
+}
+
+static void on_usage_timer(void *arg)
+{
+    struct sync *sy = arg;
+    sy->usage_timer = 0;
+    usage_push(sy);
+    usage_schedule(sy);
+}
+
+/* Shortly after the next local midnight, and at least hourly so that a changed wall
+ * clock (NTP, the simulated clock) is noticed. */
+static void usage_schedule(struct sync *sy)
+{
+    if (sy->usage_timer > 0)
+        loop_remove(sy->loop, sy->usage_timer);
+    sy->usage_timer = 0;
+    if (!usage_on(sy))
+        return;
+    int64_t now = clock_wall_ms(), from, to, delay = USAGE_RECHECK_MS;
+    char today[OPENDATA_DATE_LEN];
+    opendata_date(now, 0, today);
+    if (opendata_day_bounds(today, &from, &to) && to + USAGE_AFTER_MS - now < delay)
+        delay = to + USAGE_AFTER_MS - now;
+    if (delay < 1000)
+        delay = 1000;
+    int id = loop_add_timer(sy->loop, delay, on_usage_timer, sy);
+    if (id > 0)
+        sy->usage_timer = id;
 }
 
 static const char *comp_field(json_t *c, const char *key)
@@ -904,10 +1067,14 @@ static void dispatch(struct sync *sy, const struct syncmsg *m)
     case SM_CYCLE_DONE:
         on_cycle_done(sy, m);
         return;
+    case SM_USAGE_DONE:
+        on_usage_done(sy, m);
+        return;
     case SM_CONFIG:
     case SM_POLL:
     case SM_UPLOAD:
     case SM_HEARTBEAT:
+    case SM_USAGE:
     case SM_TYPE_MAX:
         break;
     }
@@ -979,6 +1146,7 @@ struct sync *sync_new(const struct config *cfg, struct loop *loop, struct store 
     if (enabled(sy)) {
         worker_start(sy);
         heartbeat_schedule(sy);
+        usage_schedule(sy);
     }
     return sy;
 }
@@ -993,6 +1161,8 @@ void sync_free(struct sync *sy)
         loop_remove(sy->loop, sy->restart_timer);
     if (sy->heartbeat_timer > 0)
         loop_remove(sy->loop, sy->heartbeat_timer);
+    if (sy->usage_timer > 0)
+        loop_remove(sy->loop, sy->usage_timer);
     free(sy->res);
     free(sy->cred);
     free(sy->batch_ids);
@@ -1012,6 +1182,7 @@ void sync_reconfigure(struct sync *sy, const struct config *cfg)
     sy->worker_error[0] = '\0';
     worker_start(sy);
     heartbeat_schedule(sy);
+    usage_schedule(sy);
 }
 
 int64_t sync_poll_now(struct sync *sy)
@@ -1135,5 +1306,16 @@ json_t *sync_status_json(struct sync *sy, bool brief)
                         json_pack("{s:I,s:I,s:b}", "asked", (json_int_t)sy->cycle_asked, "done",
                                   (json_int_t)sy->cycle_done, "ok", sy->cycle_ok));
     json_object_set_new(o, "uploadInFlight", json_boolean(sy->in_flight));
+    char through[OPENDATA_DATE_LEN];
+    json_t *usage = json_pack("{s:b}", "push", usage_on(sy));
+    json_object_set_new(usage, "pushedThrough",
+                        usage_through(sy, through) ? json_string(through) : json_null());
+    json_object_set_new(usage, "inFlight",
+                        sy->usage_in_flight ? json_string(sy->usage_date) : json_null());
+    json_object_set_new(usage, "lastRefused",
+                        sy->usage_refused[0] ? json_pack("{s:s,s:s}", "date", sy->usage_refused,
+                                                         "error", sy->usage_refused_error)
+                                             : json_null());
+    json_object_set_new(o, "usage", usage);
     return o;
 }

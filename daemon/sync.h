@@ -11,7 +11,10 @@
  *   main -> worker  batches of outbox events (at most 100), and the heartbeat;
  *                   events leave the outbox only when the server has confirmed them
  *                   (created or duplicate), or as dead letters when it refused them
- *                   for good.
+ *                   for good. With [opendata] push, each past local day's open-data
+ *                   summary (opendata.h), one day at a time, oldest first; the last
+ *                   day the server confirmed is kept in store meta
+ *                   "opendata.pushed_through" (docs/api.md, "Daily usage summary").
  *
  * A worker that dies or sends anything malformed is killed and restarted with
  * back-off; whatever it was doing is redone from the database. Network data can

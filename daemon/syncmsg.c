@@ -74,6 +74,7 @@ static const struct tag_spec tags[F_TAG_MAX] = {
     [F_HTTP] = {"http", K_INT, 8, 8},
     [F_ERROR] = {"error", K_STR, 0, 255},
     [F_RETRY_MS] = {"retry_ms", K_INT, 8, 8},
+    [F_DATE] = {"date", K_STR, 10, 10},
 };
 
 /* How often a tag may occur in a message type. */
@@ -144,6 +145,9 @@ static const struct type_spec types[SM_TYPE_MAX] = {
         {"report",
          {[F_OP] = REQ, [F_SUCCESS] = REQ, [F_HTTP] = OPT, [F_ERROR] = OPT, [F_RETRY_MS] = OPT}},
     [SM_CYCLE_DONE] = {"cycle_done", {[F_CYCLE] = REQ, [F_SUCCESS] = REQ}},
+    [SM_USAGE] = {"usage", {[F_DATE] = REQ, [F_BODY] = REQ}},
+    [SM_USAGE_DONE] = {"usage_done",
+                       {[F_DATE] = REQ, [F_OUTCOME] = REQ, [F_HTTP] = OPT, [F_ERROR] = OPT}},
 };
 
 const char *syncmsg_type_name(enum syncmsg_type type)

@@ -48,6 +48,11 @@ enum syncmsg_type {
     SM_UPLOAD_DONE, /* BATCH OUTCOME [HTTP] [ERROR] (EVENT_ID RESULT)* */
     SM_REPORT,      /* OP SUCCESS [HTTP] [ERROR] [RETRY_MS]: how a request went */
     SM_CYCLE_DONE,  /* CYCLE SUCCESS: the cycle asked for by SM_POLL has ended */
+    /* main -> worker */
+    SM_USAGE, /* DATE BODY: PUT this day's open-data summary (replaces one still pending) */
+    /* worker -> main */
+    SM_USAGE_DONE, /* DATE OUTCOME [HTTP] [ERROR]: the day's summary was taken ("done") or
+                      refused for good with 400/422 ("dead") */
     SM_TYPE_MAX
 };
 
@@ -90,11 +95,12 @@ enum syncmsg_tag {
     F_INTERVAL_CRED,
     F_INTERVAL_CONFIG,
     F_INTERVAL_HEARTBEAT,
-    F_OP,      /* "config", "reservations", "credentials", "events", "heartbeat" */
+    F_OP,      /* "config", "reservations", "credentials", "events", "heartbeat", "usage" */
     F_SUCCESS, /* 0/1 (not F_OK: unistd.h has that) */
     F_HTTP,
     F_ERROR,
     F_RETRY_MS,
+    F_DATE, /* "YYYY-MM-DD", a local calendar day of the station */
     F_TAG_MAX
 };
 

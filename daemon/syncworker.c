@@ -832,10 +832,10 @@ bool sync_problem_text(const char *body, size_t len, char *out, size_t outlen)
  * The worker
  * ====================================================================== */
 
-enum op { OP_CONFIG, OP_RES, OP_CRED, OP_EVENTS, OP_HEARTBEAT, OP_COUNT };
+enum op { OP_CONFIG, OP_RES, OP_CRED, OP_EVENTS, OP_HEARTBEAT, OP_USAGE, OP_COUNT };
 
-static const char *const op_names[OP_COUNT] = {"config", "reservations", "credentials", "events",
-                                               "heartbeat"};
+static const char *const op_names[OP_COUNT] = {"config", "reservations", "credentials",
+                                               "events", "heartbeat",    "usage"};
 
 struct worker;
 
@@ -904,6 +904,12 @@ struct worker {
 
     char *hb_body;
     size_t hb_len;
+
+    /* the one pending daily usage summary (SM_USAGE) */
+    bool us_pending;
+    char us_date[16];
+    char *us_body;
+    size_t us_len;
 
     /* 401/403/404: no periodic work until SM_POLL or SM_CONFIG */
     bool halted;
@@ -1417,6 +1423,12 @@ static void start_op(struct worker *w, enum op op)
         snprintf(url, sizeof(url), "%s/stations/%s/status", w->base, w->station);
         ok = xfer_start(w, op, url, "PUT", w->hb_body, w->hb_len, NULL);
         break;
+    case OP_USAGE:
+        if (!w->us_pending)
+            return;
+        snprintf(url, sizeof(url), "%s/stations/%s/usage/%s", w->base, w->station, w->us_date);
+        ok = xfer_start(w, op, url, "PUT", w->us_body, w->us_len, NULL);
+        break;
     case OP_COUNT:
         return;
     }
@@ -1442,6 +1454,34 @@ static void upload_clear(struct worker *w)
     w->up_n = 0;
     w->up_len = 0;
     w->up_pending = false;
+}
+
+static void usage_clear(struct worker *w)
+{
+    free(w->us_body);
+    w->us_body = NULL;
+    w->us_len = 0;
+    w->us_date[0] = '\0';
+    w->us_pending = false;
+}
+
+/* The pending day's summary has an answer: "done" or "dead" (refused for good). */
+static void usage_done(struct worker *w, const char *outcome, long http, const char *error)
+{
+    struct syncmsg_builder b;
+    char clean[256];
+
+    syncmsg_start(&b, w->buf, SYNCMSG_MAX, SM_USAGE_DONE);
+    syncmsg_put_str(&b, F_DATE, w->us_date);
+    syncmsg_put_str(&b, F_OUTCOME, outcome);
+    if (http > 0)
+        syncmsg_put_int(&b, F_HTTP, http);
+    if (error != NULL) {
+        sync_sanitize(error, strlen(error), clean, sizeof(clean));
+        syncmsg_put_str(&b, F_ERROR, clean);
+    }
+    emit(w, &b);
+    usage_clear(w);
 }
 
 /* 401/403/404: the station is not (or no longer) known as itself; retrying cannot
@@ -1714,7 +1754,7 @@ static void on_xfer_done(struct worker *w, struct xfer *x, CURLcode rc)
 
     bool ok_status = (op == OP_CONFIG && (http == 200 || http == 304)) ||
                      ((op == OP_RES || op == OP_CRED || op == OP_EVENTS) && http == 200) ||
-                     (op == OP_HEARTBEAT && (http == 200 || http == 204));
+                     ((op == OP_HEARTBEAT || op == OP_USAGE) && (http == 200 || http == 204));
     if (ok_status) {
         switch (op) {
         case OP_CONFIG:
@@ -1730,6 +1770,11 @@ static void on_xfer_done(struct worker *w, struct xfer *x, CURLcode rc)
         case OP_HEARTBEAT:
             report(w, op, true, http, NULL, -1);
             return;
+        case OP_USAGE:
+            w->failures[op] = 0;
+            usage_done(w, "done", http, NULL);
+            report(w, op, true, http, NULL, -1);
+            return;
         case OP_COUNT:
             return;
         }
@@ -1740,6 +1785,13 @@ static void on_xfer_done(struct worker *w, struct xfer *x, CURLcode rc)
         report(w, op, false, http, msg, -1);
         halt(w);
         part_done(w, op, false);
+        return;
+    }
+    if (op == OP_USAGE && http >= 400 && http < 500 && http != 408 && http != 429) {
+        /* The city refuses this day's document (400, 413, 415, 422, ...): the same PUT
+         * would fail again, so the main process gives the day up and goes on. */
+        usage_done(w, "dead", http, problem);
+        report(w, op, false, http, msg, -1);
         return;
     }
     if ((op == OP_RES || op == OP_CRED) && http == 410) {
@@ -1808,6 +1860,7 @@ static void config_clear(struct worker *w)
     blob_clear(&w->key);
     free(w->hb_body);
     w->hb_body = NULL;
+    usage_clear(w);
     w->configured = false;
 }
 
@@ -1917,7 +1970,7 @@ static void on_poll(struct worker *w, const struct syncmsg *m)
             continue;
         if (w->xfer[op] != NULL) {
             /* Part of the cycle, but it must be followed by a fresh request. */
-            w->again[op] = op != OP_EVENTS;
+            w->again[op] = op != OP_EVENTS && op != OP_USAGE;
             continue;
         }
         if (w->wait_drain[op])
@@ -1980,6 +2033,37 @@ static void on_heartbeat(struct worker *w, const struct syncmsg *m)
     start_op(w, OP_HEARTBEAT);
 }
 
+static void on_usage(struct worker *w, const struct syncmsg *m)
+{
+    const struct syncmsg_field *f = syncmsg_get(m, F_BODY);
+    char date[sizeof(w->us_date)];
+
+    if (!syncmsg_str(m, F_DATE, date, sizeof(date))) {
+        log_errx("sync: a usage summary without its date");
+        stop(w, 2);
+        return;
+    }
+    if (w->us_pending) {
+        log_warnx("sync: the usage summary of %s replaces that of %s still pending", date,
+                  w->us_date);
+        xfer_abort(w, OP_USAGE);
+        cancel_timer(w, OP_USAGE);
+        usage_clear(w);
+    }
+    memcpy(w->us_date, date, sizeof(date));
+    w->us_body = xmemdup(f->data, f->len);
+    w->us_len = f->len;
+    w->us_pending = true;
+    if (!w->configured || w->halted) {
+        /* Kept: sent with the next sync request (SM_POLL starts every op). */
+        report(w, OP_USAGE, false, 0,
+               w->halted ? "sync is halted until the next sync request" : "sync is not configured",
+               -1);
+        return;
+    }
+    start_op(w, OP_USAGE);
+}
+
 static void handle_message(struct worker *w, const struct syncmsg *m)
 {
     switch (m->type) {
@@ -1995,6 +2079,9 @@ static void handle_message(struct worker *w, const struct syncmsg *m)
     case SM_HEARTBEAT:
         on_heartbeat(w, m);
         return;
+    case SM_USAGE:
+        on_usage(w, m);
+        return;
     case SM_ITEM_RES:
     case SM_ITEM_CRED:
     case SM_PAGE_END:
@@ -2003,6 +2090,7 @@ static void handle_message(struct worker *w, const struct syncmsg *m)
     case SM_UPLOAD_DONE:
     case SM_REPORT:
     case SM_CYCLE_DONE:
+    case SM_USAGE_DONE:
     case SM_TYPE_MAX:
         break;
     }

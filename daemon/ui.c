@@ -40,6 +40,7 @@
 
 #include <arpa/inet.h>
 #include <microhttpd.h>
+#include <openssl/crypto.h>
 
 #include "daemon/clock.h"
 #include "daemon/log.h"
@@ -53,6 +54,7 @@
 #define UI_EVENT_BATCH  64
 #define UI_SPEAK_MAX    600  /* bytes of text per spoken prompt */
 #define UI_RETRY_MS     2000 /* EventSource reconnect delay */
+#define UI_BODY_MAX     2048 /* bytes of a PIN or note request (JSON) */
 
 struct sse_client {
     struct ui *ui;
@@ -104,7 +106,7 @@ struct ui {
 
 /* A POST body being received. */
 struct upload {
-    char buf[UI_SPEAK_MAX + 1];
+    char buf[UI_BODY_MAX + 1];
     size_t len;
     bool too_big;
 };
@@ -116,10 +118,11 @@ static void sse_broadcast(struct ui *ui, const char *event, int64_t id, const ch
 
 /* Fields of an event a screen may show, and only for the types it shows. */
 static const char *const shown_events[] = {
-    "access.granted", "access.denied",     "key.checkedOut",   "key.returned",
-    "pickup.aborted", "return.incomplete", "door.forced",      "door.closed",
-    "door.heldOpen",  "key.overdue",       "sensor.fault",     "station.tamper",
-    "service.open",   "service.cleared",   "service.disabled", "station.started",
+    "access.granted",      "access.denied",       "key.checkedOut",   "key.returned",
+    "pickup.aborted",      "return.incomplete",   "door.forced",      "door.closed",
+    "door.heldOpen",       "key.overdue",         "sensor.fault",     "station.tamper",
+    "service.open",        "service.cleared",     "service.disabled", "station.started",
+    "access.pinRequested", "access.pinCancelled",
 };
 
 json_t *ui_public_event(const json_t *ev)
@@ -145,10 +148,11 @@ json_t *ui_public_event(const json_t *ev)
     /* The purpose of a grant and a refused club's next booking; never the card type
      * or an operator's free text. */
     json_t *detail = json_object_get(ev, "detail"), *pub = json_object();
-    static const char *const detail_copy[] = {"purpose", "nextBookingStart"};
+    static const char *const detail_copy[] = {"purpose",     "nextBookingStart", "attemptsLeft",
+                                              "lockedUntil", "lockoutMs",        "timeoutMs"};
     for (size_t i = 0; i < sizeof(detail_copy) / sizeof(detail_copy[0]); i++) {
         json_t *v = json_object_get(detail, detail_copy[i]);
-        if (json_is_string(v))
+        if (json_is_string(v) || json_is_integer(v))
             json_object_set(pub, detail_copy[i], v);
     }
     json_object_set_new(out, "detail", pub);
@@ -217,6 +221,18 @@ static json_t *public_status(struct ui *ui, bool *active, char **sig)
             json_object_set(o, "compartment", n);
         json_array_append_new(alarms, o);
     }
+    /* An awaited PIN and an open note window, each with the nonce the page must
+     * send back (see serve_pin()). */
+    struct station_pin_info pin;
+    struct station_note_info note;
+    json_t *jpin = json_null(), *jnote = json_null();
+    if (station_pin_pending(ui->st, &pin))
+        jpin = json_pack("{s:i,s:s,s:I,s:I,s:i}", "compartment", pin.compartment, "nonce",
+                         pin.nonce, "remainingMs", (json_int_t)pin.remaining_ms, "limitMs",
+                         (json_int_t)ui->cfg->pin_timeout_ms, "attemptsLeft", pin.attempts_left);
+    if (station_note_pending(ui->st, &note))
+        jnote = json_pack("{s:i,s:s,s:I}", "compartment", note.compartment, "nonce", note.nonce,
+                          "remainingMs", (json_int_t)note.remaining_ms);
     if (sig != NULL) {
         /* What a change worth sending is: the countdown is kept by the page. */
         json_t *sc = json_deep_copy(comps);
@@ -225,7 +241,10 @@ static json_t *public_status(struct ui *ui, bool *active, char **sig)
         {
             json_object_del(c, "remainingMs");
         }
-        json_t *s = json_pack("{s:o,s:O}", "c", sc, "a", alarms);
+        json_t *s = json_pack("{s:o,s:O,s:s?,s:i,s:s?}", "c", sc, "a", alarms, "p",
+                              json_is_null(jpin) ? NULL : pin.nonce, "pa",
+                              json_is_null(jpin) ? 0 : pin.attempts_left, "n",
+                              json_is_null(jnote) ? NULL : note.nonce);
         *sig = json_dumps(s, JSON_COMPACT | JSON_SORT_KEYS);
         json_decref(s);
     }
@@ -238,6 +257,8 @@ static json_t *public_status(struct ui *ui, bool *active, char **sig)
         (json_int_t)ui->cfg->max_energize_ms, "doorOpenAlarmMs",
         (json_int_t)ui->cfg->door_open_alarm_ms, "pickupWindowMs",
         (json_int_t)ui->cfg->pickup_window_ms, "compartments", comps, "alarms", alarms);
+    json_object_set_new(out, "pin", jpin);
+    json_object_set_new(out, "note", jnote);
     json_decref(full);
     return out;
 }
@@ -816,6 +837,130 @@ static enum MHD_Result serve_speak(struct ui *ui, struct MHD_Connection *conn, s
     return reply(conn, MHD_HTTP_NO_CONTENT, "text/plain", "");
 }
 
+/* ------------------------------------------------------------ PIN and notes */
+
+/* Input from the screen changes what the station does, so it must come from the
+ * page itself: JSON (a cross-site form cannot send it without a CORS preflight,
+ * which this server never answers), an Origin that is this server, and the nonce
+ * of the current tap or return, which only a page reading the event stream (same
+ * origin) can know. */
+static const char *input_check(struct MHD_Connection *conn, json_t **out, const struct upload *up)
+{
+    const char *type = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    const char *origin = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin");
+    const char *host = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host");
+    char want[96];
+
+    *out = NULL;
+    if (type == NULL || strncmp(type, "application/json", 16) != 0)
+        return "415";
+    snprintf(want, sizeof(want), "http://%s", host ? host : "");
+    if (origin == NULL || strcmp(origin, want) != 0)
+        return "403";
+    if (up->too_big)
+        return "413";
+    *out = json_loadb(up->buf, up->len, JSON_REJECT_DUPLICATES, NULL);
+    if (!json_is_object(*out)) {
+        json_decref(*out);
+        *out = NULL;
+        return "400";
+    }
+    return NULL;
+}
+
+static enum MHD_Result input_refused(struct MHD_Connection *conn, const char *why)
+{
+    if (strcmp(why, "415") == 0)
+        return reply(conn, MHD_HTTP_UNSUPPORTED_MEDIA_TYPE, "text/plain",
+                     "application/json only\n");
+    if (strcmp(why, "403") == 0)
+        return reply(conn, MHD_HTTP_FORBIDDEN, "text/plain", "forbidden\n");
+    if (strcmp(why, "413") == 0)
+        return reply(conn, MHD_HTTP_CONTENT_TOO_LARGE, "text/plain", "too large\n");
+    return reply(conn, MHD_HTTP_BAD_REQUEST, "text/plain", "bad request\n");
+}
+
+static enum MHD_Result reply_code_json(struct MHD_Connection *conn, unsigned int code, json_t *j)
+{
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (text == NULL)
+        return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "internal error\n");
+    enum MHD_Result r = reply(conn, code, "application/json", text);
+    free(text);
+    return r;
+}
+
+/* POST /api/pin {"nonce": N, "pin": "1234"} or {"nonce": N, "cancel": true} */
+static enum MHD_Result serve_pin(struct ui *ui, struct MHD_Connection *conn, struct upload *up)
+{
+    json_t *req;
+    const char *why = input_check(conn, &req, up);
+    if (why != NULL)
+        return input_refused(conn, why);
+    const char *nonce = json_string_value(json_object_get(req, "nonce"));
+    const char *pin = json_string_value(json_object_get(req, "pin"));
+    json_t *res = NULL;
+    unsigned int code = MHD_HTTP_OK;
+
+    if (json_is_true(json_object_get(req, "cancel"))) {
+        int rc = station_pin_cancel(ui->st, nonce);
+        res = json_pack("{s:s}", "result", rc == 0 ? "cancelled" : "stale");
+        code = rc == 0 ? MHD_HTTP_OK : MHD_HTTP_CONFLICT;
+    } else {
+        int left;
+        int64_t lockout;
+        enum station_pin_result r = station_pin_enter(ui->st, nonce, pin, &left, &lockout);
+        switch (r) {
+        case STATION_PIN_OK:
+            res = json_pack("{s:s}", "result", "ok");
+            break;
+        case STATION_PIN_WRONG:
+            res = json_pack("{s:s,s:i}", "result", "wrong", "attemptsLeft", left);
+            break;
+        case STATION_PIN_LOCKED_OUT:
+            res = json_pack("{s:s,s:I}", "result", "lockedOut", "lockoutMs", (json_int_t)lockout);
+            break;
+        case STATION_PIN_STALE:
+            res = json_pack("{s:s}", "result", "stale");
+            code = MHD_HTTP_CONFLICT;
+            break;
+        case STATION_PIN_FAILED:
+            res = json_pack("{s:s}", "result", "failed");
+            code = MHD_HTTP_SERVICE_UNAVAILABLE;
+            break;
+        }
+    }
+    if (up->len > 0)
+        OPENSSL_cleanse(up->buf, up->len);
+    json_decref(req);
+    return reply_code_json(conn, code, res);
+}
+
+/* POST /api/note {"nonce": N, "code": "floor-wet", "text": "..."} */
+static enum MHD_Result serve_note(struct ui *ui, struct MHD_Connection *conn, struct upload *up)
+{
+    json_t *req;
+    const char *why = input_check(conn, &req, up);
+    if (why != NULL)
+        return input_refused(conn, why);
+    int rc = station_condition_note(ui->st, json_string_value(json_object_get(req, "nonce")),
+                                    json_string_value(json_object_get(req, "code")),
+                                    json_string_value(json_object_get(req, "text")));
+    json_decref(req);
+    switch (rc) {
+    case 0:
+        return reply_code_json(conn, MHD_HTTP_OK, json_pack("{s:s}", "result", "recorded"));
+    case STATION_EINVAL:
+        return reply_code_json(conn, MHD_HTTP_BAD_REQUEST, json_pack("{s:s}", "result", "invalid"));
+    case STATION_ESTATE:
+        return reply_code_json(conn, MHD_HTTP_CONFLICT, json_pack("{s:s}", "result", "stale"));
+    default:
+        return reply_code_json(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                               json_pack("{s:s}", "result", "failed"));
+    }
+}
+
 /* ------------------------------------------------------------ request dispatch */
 
 static const char ping_svg[] = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"1\" "
@@ -829,14 +974,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     bool get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
     (void)version;
 
-    if (strcmp(method, "POST") == 0 && strcmp(url, "/api/speak") == 0) {
+    bool post = strcmp(method, "POST") == 0;
+    if (post && (strcmp(url, "/api/speak") == 0 || strcmp(url, "/api/pin") == 0 ||
+                 strcmp(url, "/api/note") == 0)) {
         struct upload *up = *con_cls;
+        size_t max = strcmp(url, "/api/speak") == 0 ? UI_SPEAK_MAX : UI_BODY_MAX;
         if (up == NULL) {
             *con_cls = xcalloc(1, sizeof(*up));
             return MHD_YES;
         }
         if (*upload_size > 0) {
-            if (up->len + *upload_size > UI_SPEAK_MAX)
+            if (up->len + *upload_size > max)
                 up->too_big = true;
             else {
                 memcpy(up->buf + up->len, upload_data, *upload_size);
@@ -847,6 +995,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         }
         if (!host_ok(conn))
             return reply(conn, MHD_HTTP_MISDIRECTED_REQUEST, "text/plain", "wrong host\n");
+        if (strcmp(url, "/api/pin") == 0)
+            return serve_pin(ui, conn, up);
+        if (strcmp(url, "/api/note") == 0)
+            return serve_note(ui, conn, up);
         return serve_speak(ui, conn, up);
     }
     if (!host_ok(conn))
@@ -881,6 +1033,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     (void)cls;
     (void)conn;
     (void)toe;
+    if (*con_cls != NULL)
+        OPENSSL_cleanse(*con_cls, sizeof(struct upload)); /* a PIN may be in it */
     free(*con_cls);
     *con_cls = NULL;
 }

@@ -6,8 +6,11 @@
  * restart, and every output change is appended to STATE_DIR/sim-gpio.log as
  *     <wall ms> <monotonic ns> <line name> <value> <why>
  * where why is "init" for the level set when the line is requested and "set"
- * otherwise. Tests read that log as "what the coils did", independently of the
- * daemon's own event log.
+ * otherwise. Both times are the station's (daemon/clock.h): with [station]
+ * sim_clock they include what `lockerctl sim clock advance` added, as the event
+ * log's times and the loop's timers do, so tests can compare the two logs and
+ * time LED and buzzer patterns after the clock was moved. Tests read that log as "what the coils
+ * did", independently of the daemon's own event log.
  *
  * Edges travel through a pipe, so the daemon sees them from its event loop exactly
  * as it sees libgpiod's edge-event fd.
@@ -23,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "daemon/clock.h"
 #include "daemon/log.h"
 
 #define SIM_MAX_LINES 128
@@ -99,13 +103,20 @@ static int save_state(struct gpio_dev *dev)
 
 static void log_output(struct gpio_dev *dev, const struct sim_line *l, const char *why)
 {
-    struct timespec wall, mono;
-    clock_gettime(CLOCK_REALTIME, &wall);
-    clock_gettime(CLOCK_MONOTONIC, &mono);
+    /* The simulated offset is whole ms: take it from a read that did not cross a
+     * millisecond. */
+    int64_t raw, off;
+    for (int tries = 0;; tries++) {
+        raw = clock_mono_ns_raw();
+        int64_t ms = clock_mono_ms();
+        int64_t raw2 = clock_mono_ns_raw();
+        off = ms - raw / 1000000;
+        if (raw / 1000000 == raw2 / 1000000 || tries == 3)
+            break;
+    }
     char buf[160];
-    int n = snprintf(buf, sizeof(buf), "%lld %lld %s %d %s\n",
-                     (long long)wall.tv_sec * 1000 + wall.tv_nsec / 1000000,
-                     (long long)mono.tv_sec * 1000000000LL + mono.tv_nsec, l->name, l->value, why);
+    int n = snprintf(buf, sizeof(buf), "%lld %lld %s %d %s\n", (long long)clock_wall_ms(),
+                     (long long)(raw + off * 1000000), l->name, l->value, why);
     /* O_APPEND and one write per line: lines from successive daemon runs never mix. */
     if (dev->log_fd >= 0 && write(dev->log_fd, buf, (size_t)n) != n)
         log_warn("gpio-sim: cannot append to output log");

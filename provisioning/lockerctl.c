@@ -1155,6 +1155,11 @@ static void print_sync(json_t *r)
     if (json_is_object(e))
         printf("%-22s %s: %s\n", "last error:", json_string_value(json_object_get(e, "op")),
                json_string_value(json_object_get(e, "message")));
+    json_t *usage = json_object_get(r, "usage");
+    if (json_is_true(json_object_get(usage, "push"))) {
+        const char *through = json_string_value(json_object_get(usage, "pushedThrough"));
+        printf("%-22s %s\n", "open data pushed to:", through ? through : "(none yet)");
+    }
     json_t *cur = json_object_get(r, "cursor"), *conf = json_object_get(r, "confirmed");
     static const char *const feeds[] = {"reservations", "credentials"};
     for (int i = 0; i < 2; i++) {

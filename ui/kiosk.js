@@ -5,8 +5,11 @@
 // station status, see daemon/ui.c) and "station" (one public event: a tap's
 // outcome, a pickup, a return, an alarm). Texts come from i18n/<lang>.json.
 //
-// Later issues plug in here: a PIN pad (issue 6, point 5) is one more view kind
-// between "granted" and the tap, and condition notes one more after "done.return".
+// Card + PIN: after access.pinRequested the "pin" view shows a touch PIN pad; the
+// PIN goes to POST api/pin with the nonce of the tap from the status (status.pin),
+// and only access.granted (after the right PIN) leads on to "granted". Condition
+// notes: after a return the "done" view offers one-touch notes while the status
+// has a note window (status.note), posted to api/note with its nonce.
 "use strict";
 
 (function () {
@@ -32,6 +35,10 @@
     langTimer: 0,
     tick: 0,
     layoutKey: "",
+    pinDigits: "",
+    pinMsg: "",
+    notesSent: {},
+    notesMsg: "",
   };
   // For tests and the latency benchmark: what was painted when.
   window.kioskPaints = [];
@@ -89,6 +96,14 @@
         key += ".late";
       }
     }
+    if (r === "pin-locked-out") {
+      if (detail.lockedUntil) {
+        key = "refused.pin-locked-out.until";
+        vars.time = fmtTime(new Date(detail.lockedUntil));
+      } else {
+        vars.min = Math.ceil((detail.lockoutMs || 60000) / 60000);
+      }
+    }
     if (!(key in (S.cats[S.lang] || {}))) key = "refused.other";
     return {
       body: t(key, vars),
@@ -105,7 +120,19 @@
         S.active = { n: n, purpose: (ev.detail && ev.detail.purpose) || "pickup" };
         return { kind: "granted", n: n, purpose: S.active.purpose, until: Infinity, at: performance.now() };
       case "access.denied":
+        if (ev.reason === "pin-wrong" && S.outcome && S.outcome.kind === "pin") {
+          var left = (ev.detail && ev.detail.attemptsLeft) || 0;
+          S.pinMsg = left === 1 ? t("pin.wrong.one") : t("pin.wrong", { left: left });
+          S.pinDigits = "";
+          return S.outcome;
+        }
         return { kind: "refused", ev: ev, until: until };
+      case "access.pinRequested":
+        S.pinDigits = "";
+        S.pinMsg = "";
+        return { kind: "pin", n: n, until: Infinity, at: performance.now() };
+      case "access.pinCancelled":
+        return { kind: "pincancel", reason: ev.reason, n: n, until: until };
       case "key.checkedOut":
         return { kind: "done", purpose: "pickup", n: n, until: until };
       case "key.returned":
@@ -169,14 +196,31 @@
       }
       S.outcome = o = null; // the compartment moved on without an event for it
     }
+    if (o && o.kind === "pin") {
+      var pin = S.status.pin;
+      if ((pin && pin.compartment === o.n) || now - o.at < 3000) {
+        var pv = { name: "pin", tone: "info", icon: "i-key", title: t("pin.title"), body: t("pin.body", { n: o.n }), lit: o.n, reason: "pin" };
+        if (pin) pv.countdown = { phase: "pin", key: "pin.countdown", left: pin.remainingMs - (now - S.statusAt), limit: pin.limitMs };
+        return pv;
+      }
+      S.outcome = o = null;
+    }
+    if (o && o.kind === "done" && o.purpose === "return" && S.status.note && S.status.note.compartment === o.n) {
+      o.until = Math.max(o.until, now + 1000);
+    }
     if (o && o.until > now) {
       switch (o.kind) {
+        case "pincancel":
+          var timeout = o.reason === "timeout";
+          return { name: "pincancel", tone: "no", icon: "i-no", title: t(timeout ? "pin.timeout.title" : "pin.cancelled.title"),
+            body: t(timeout ? "pin.timeout.body" : "pin.cancelled.body"), reason: o.reason };
         case "refused":
           var r = refusalText(o.ev);
           return { name: "refused", tone: "no", icon: "i-no", title: t("refused.title"), body: r.body, extra: r.extra, reason: o.ev.reason, lit: o.ev.compartment || 0 };
         case "done":
           return { name: "done", tone: o.purpose === "return" ? "info" : "ok", icon: o.purpose === "return" ? "i-return" : "i-key",
-            title: t("done." + o.purpose + ".title", { n: o.n }), body: t("done." + o.purpose + ".body", { n: o.n }), reason: o.purpose };
+            title: t("done." + o.purpose + ".title", { n: o.n }), body: t("done." + o.purpose + ".body", { n: o.n }), reason: o.purpose,
+            notes: o.purpose === "return" && !!S.status.note && S.status.note.compartment === o.n };
         case "aborted":
           return { name: "aborted", tone: "no", icon: "i-no", title: t("aborted." + o.purpose + ".title", { n: o.n }),
             body: t("aborted." + o.purpose + ".body", { n: o.n }), reason: o.purpose, lit: o.n };
@@ -218,6 +262,9 @@
     setText($("body"), v.body || "");
     setText($("extra"), v.extra || "");
     renderCountdown(v);
+    renderPin(v);
+    renderNotes(v);
+    document.querySelector(".main").classList.toggle("single", v.name === "pin" || !!v.notes);
     renderAlarms();
     renderHeader();
     drawStation(v);
@@ -232,9 +279,99 @@
     var left = Math.max(0, v.countdown.left);
     var s = Math.ceil(left / 1000);
     cd.hidden = false;
-    setText($("countdown-text"), left > 0 ? t("countdown." + v.countdown.phase, { s: s }) : t("countdown.late"));
+    var ckey = v.countdown.key || "countdown." + v.countdown.phase;
+    setText($("countdown-text"), left > 0 || v.countdown.key ? t(ckey, { s: s }) : t("countdown.late"));
     var frac = v.countdown.limit > 0 ? Math.min(1, left / v.countdown.limit) : 0;
     $("countdown-bar").style.transform = "scaleX(" + frac.toFixed(3) + ")";
+  }
+
+  // ---------------------------------------------------------------- PIN pad
+
+  function renderPin(v) {
+    var pad = $("pinpad");
+    pad.hidden = v.name !== "pin";
+    if (pad.hidden) return;
+    setText($("pin-label"), t("pin.label"));
+    setText($("pin-entry"), S.pinDigits.replace(/./g, "●"));
+    $("pin-entry").setAttribute("aria-label", t("pin.entered", { count: S.pinDigits.length }));
+    setText($("pin-msg"), S.pinMsg);
+    document.querySelector(".keys").setAttribute("aria-label", t("pin.keys"));
+    $("pin-del").setAttribute("aria-label", t("pin.delete"));
+    setText($("pin-ok"), t("pin.ok"));
+    setText($("pin-cancel"), t("pin.cancel"));
+  }
+
+  function post(path, body) {
+    return fetch(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })
+      .then(function (r) { return r.json().catch(function () { return {}; }); });
+  }
+
+  function onPinKey(e) {
+    var b = e.target.closest("button");
+    if (!b || !S.outcome || S.outcome.kind !== "pin") return;
+    var pin = S.status && S.status.pin;
+    if (b.dataset.digit !== undefined) {
+      if (S.pinDigits.length < 8) S.pinDigits += b.dataset.digit;
+      S.pinMsg = "";
+    } else if (b.id === "pin-del") {
+      S.pinDigits = S.pinDigits.slice(0, -1);
+    } else if (b.id === "pin-ok" && pin && S.pinDigits.length >= 4) {
+      var digits = S.pinDigits;
+      S.pinDigits = "";
+      post("api/pin", { nonce: pin.nonce, pin: digits }).then(function (res) {
+        if (res.result === "wrong") {
+          S.pinMsg = res.attemptsLeft === 1 ? t("pin.wrong.one") : t("pin.wrong", { left: res.attemptsLeft });
+          render(false);
+          announce({ title: S.pinMsg }, true);
+        }
+      });
+    } else if (b.id === "pin-cancel" && pin) {
+      S.pinDigits = "";
+      post("api/pin", { nonce: pin.nonce, cancel: true });
+    }
+    render(false);
+  }
+
+  // ---------------------------------------------------------------- condition notes
+
+  function renderNotes(v) {
+    var box = $("notes");
+    box.hidden = !v.notes;
+    if (box.hidden) { S.notesSent = {}; S.notesMsg = ""; return; }
+    setText($("notes-title"), t("notes.title"));
+    Array.prototype.forEach.call(box.querySelectorAll("[data-note]"), function (b) {
+      setText(b, t("notes." + b.dataset.note));
+      b.setAttribute("aria-pressed", S.notesSent[b.dataset.note] ? "true" : "false");
+      b.disabled = !!S.notesSent[b.dataset.note];
+    });
+    setText($("note-text-label"), t("notes.other"));
+    setText($("note-send"), t("notes.send"));
+    $("note-send").disabled = !!S.notesSent.other;
+    setText($("notes-msg"), S.notesMsg);
+  }
+
+  function sendNote(code, text) {
+    var note = S.status && S.status.note;
+    if (!note || S.notesSent[code]) return;
+    S.notesSent[code] = true;
+    var body = { nonce: note.nonce, code: code };
+    if (text) body.text = text;
+    post("api/note", body).then(function (res) {
+      if (res.result === "recorded") S.notesMsg = t("notes.thanks");
+      else S.notesSent[code] = false;
+      render(false);
+    });
+    render(false);
+  }
+
+  function onNoteKey(e) {
+    var b = e.target.closest("button");
+    if (!b) return;
+    if (b.dataset.note) sendNote(b.dataset.note);
+    else if (b.id === "note-send") {
+      var text = $("note-text").value.replace(/[\u0000-\u001f\u007f]/g, "").trim().slice(0, 200);
+      if (text) { sendNote("other", text); $("note-text").value = ""; }
+    }
   }
 
   function renderAlarms() {
@@ -428,6 +565,9 @@
 
   function start() {
     $("lang").addEventListener("click", onLangTouch);
+    $("pinpad").addEventListener("click", onPinKey);
+    $("pinpad").addEventListener("submit", function (e) { e.preventDefault(); });
+    $("notes").addEventListener("click", onNoteKey);
     // The clock and the countdowns; also ends outcomes that timed out.
     S.tick = setInterval(function () { if (S.connected) render(false); }, 500);
     loadCatalogues().then(function () {

@@ -15,7 +15,8 @@ prints ONE line of JSON to stdout and flushes it:
      "baseUrl": "https://127.0.0.1:40123/keystation/v1", "adminUrl": "http://127.0.0.1:40124"}
 
 Wait for that line instead of sleeping. SIGTERM or SIGINT: stops accepting, closes the
-database, exits 0. State (feeds, station configs, events, heartbeats, enrollment tokens)
+database, exits 0. State (feeds, station configs, events, heartbeats, usage summaries,
+enrollment tokens)
 lives in the SQLite file and survives a restart; faults, the TLS identity and the request
 log do not.
 
@@ -34,7 +35,7 @@ ADMIN API (plain HTTP on 127.0.0.1:ADMIN_PORT, JSON in and out; errors are
   GET    /admin/health                 -> {"ok": true, "port", "adminPort", "station", "tls"}
   POST   /admin/reset                  -> {}: empties feeds, watermarks, stations (the
                                        --station one gets its default config back), events,
-                                       heartbeats, tokens, faults, request log; TLS identity
+                                       heartbeats, usage, tokens, faults, request log; TLS identity
                                        back to normal. `modified` keeps increasing.
 
   Feeds (FEED is "reservations" or "credentials"; DATA is the item's `data` object as
@@ -70,6 +71,10 @@ ADMIN API (plain HTTP on 127.0.0.1:ADMIN_PORT, JSON in and out; errors are
                                        gives the same ETag. Creates the station if new.
   GET    /admin/heartbeat[?stationId=] -> {"heartbeat": BODY, "receivedAt": MS, "count": n}
                                        (the last PUT /status and how many came) or 404.
+  GET    /admin/usage[?stationId=]     -> {"days": [{"date", "document": BODY, "receivedAt":
+                                       MS, "count": n}, ...]}: the daily summaries (PUT
+                                       /usage/{date}) in date order, each the last one PUT
+                                       and how often that date was PUT.
 
   Events:
   GET    /admin/events[?stationId=]    -> {"events": [BODY + "stationId", "receivedAt",
@@ -150,6 +155,7 @@ ROUTES = {
     ("GET", "/stations/{id}/credentials"): "h_feed",
     ("POST", "/stations/{id}/events"): "h_events",
     ("PUT", "/stations/{id}/status"): "h_status",
+    ("PUT", "/stations/{id}/usage/{date}"): "h_usage",
 }
 
 FAULT_KINDS = ("drop", "drop_after_commit", "status", "delay", "truncate", "malformed",
@@ -357,6 +363,58 @@ def validate_status(body, station):
             raise Invalid(f"{f}.outOfService: not a boolean")
 
 
+DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+# What an observation of a daily summary may carry (docs/opendata.md): no member, name,
+# card or credential, which the whitelist keeps out.
+USAGE_PARAMETERS = {"reservationId", "compartment", "club", "pickupDelaySeconds",
+                    "keyOutSeconds", "returnedLate"}
+
+
+def check_date(v, field):
+    if not isinstance(v, str) or not DATE_RE.fullmatch(v):
+        raise Invalid(f"{field}: not a date YYYY-MM-DD")
+    try:
+        datetime.date.fromisoformat(v)
+    except ValueError:
+        raise Invalid(f"{field}: not an existing date") from None
+
+
+def validate_usage(body, station, date):
+    check_keys(body, "", ("date", "timezone", "sensorthings"))
+    check_date(body["date"], "date")
+    if body["date"] != date:
+        raise Invalid("date: not the date of the path")
+    tz = body["timezone"]
+    if not isinstance(tz, str) or not 1 <= len(tz) <= 64 or CTRL_RE.search(tz):
+        raise Invalid("timezone: not a time zone name")
+    check_keys(body["sensorthings"], "sensorthings", ("Things",))
+    things = body["sensorthings"]["Things"]
+    if not isinstance(things, list) or len(things) > 64:
+        raise Invalid("sensorthings.Things: not a list of 0..64 Things")
+    for i, t in enumerate(things):
+        f = f"sensorthings.Things[{i}]"
+        check_keys(t, f, ("name", "description", "properties", "Datastreams"))
+        check_keys(t["properties"], f + ".properties", ("stationId", "hall"))
+        if t["properties"]["stationId"] != station:
+            raise Invalid(f"{f}.properties.stationId: not the station of the path")
+        if not isinstance(t["Datastreams"], list):
+            raise Invalid(f"{f}.Datastreams: not a list")
+        for j, ds in enumerate(t["Datastreams"]):
+            fd = f"{f}.Datastreams[{j}]"
+            if not isinstance(ds, dict) or not isinstance(ds.get("Observations"), list):
+                raise Invalid(f"{fd}: not a Datastream with Observations")
+            for k, o in enumerate(ds["Observations"]):
+                fo = f"{fd}.Observations[{k}]"
+                check_keys(o, fo, ("phenomenonTime", "resultTime", "result"), ("parameters",))
+                par = o.get("parameters", {})
+                if not isinstance(par, dict):
+                    raise Invalid(f"{fo}.parameters: not an object")
+                for key in par:
+                    if key not in USAGE_PARAMETERS:
+                        raise Invalid(f"{fo}.parameters.{key}: unknown field (no personal"
+                                      " data in usage summaries)")
+
+
 def _no_dupes(pairs):
     d = {}
     for k, v in pairs:
@@ -403,6 +461,9 @@ CREATE TABLE IF NOT EXISTS rejected (
 CREATE TABLE IF NOT EXISTS heartbeats (
   station TEXT PRIMARY KEY, body TEXT NOT NULL, received_ms INTEGER NOT NULL,
   count INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS usage (
+  station TEXT NOT NULL, date TEXT NOT NULL, body TEXT NOT NULL, received_ms INTEGER NOT NULL,
+  count INTEGER NOT NULL, PRIMARY KEY (station, date));
 CREATE TABLE IF NOT EXISTS tokens (
   token TEXT PRIMARY KEY, station TEXT NOT NULL, created_ms INTEGER NOT NULL, used_ms INTEGER);
 """
@@ -470,7 +531,7 @@ class Store:
         """Empties every table but keeps the `modified` counter (still increasing)."""
         with self.tx() as db:
             for t in ("items", "watermarks", "stations", "events", "event_counts", "rejected",
-                      "heartbeats", "tokens"):
+                      "heartbeats", "usage", "tokens"):
                 db.execute(f"DELETE FROM {t}")
 
     # feeds
@@ -638,6 +699,20 @@ class Store:
             row = self.db.execute("SELECT body, received_ms, count FROM heartbeats WHERE station = ?",
                                   (station,)).fetchone()
         return {"heartbeat": json.loads(row[0]), "receivedAt": row[1], "count": row[2]} if row else None
+
+    # daily usage summaries
+    def set_usage(self, station, date, body):
+        with self.tx() as db:
+            db.execute("INSERT INTO usage VALUES (?, ?, ?, ?, 1) ON CONFLICT (station, date) DO"
+                       " UPDATE SET body = excluded.body, received_ms = excluded.received_ms,"
+                       " count = count + 1", (station, date, canon(body), now_ms()))
+
+    def usage(self, station):
+        with self.lock:
+            rows = self.db.execute("SELECT date, body, received_ms, count FROM usage"
+                                   " WHERE station = ? ORDER BY date", (station,)).fetchall()
+        return [{"date": d, "document": json.loads(b), "receivedAt": r, "count": c}
+                for d, b, r, c in rows]
 
     # tokens
     def add_token(self, token, station):
@@ -1091,6 +1166,20 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         self.app.store.set_heartbeat(params["id"], body)
         return Reply(204)
 
+    # PUT /stations/{id}/usage/{date}
+    def h_usage(self, params, sub, query, raw):
+        try:
+            check_date(params["date"], "date (path)")
+        except Invalid as e:
+            raise HttpError(Reply.problem(400, str(e))) from None
+        body = self.json_body(raw)
+        try:
+            validate_usage(body, params["id"], params["date"])
+        except Invalid as e:
+            raise HttpError(Reply.problem(422, str(e))) from None
+        self.app.store.set_usage(params["id"], params["date"], body)
+        return Reply(204)
+
     # POST /provisioning/enroll
     def h_enroll(self, params, sub, query, raw):
         unauthorized = Reply.problem(401, "an unused enrollment token is required",
@@ -1283,6 +1372,8 @@ class AdminHandler(http.server.BaseHTTPRequestHandler):
             return 200, hb
         if p == ["events"] and method == "GET":
             return 200, store.events_report(station)
+        if p == ["usage"] and method == "GET":
+            return 200, {"days": store.usage(station)}
         if p == ["enroll-tokens"]:
             if method == "POST":
                 check_id(station, "stationId")

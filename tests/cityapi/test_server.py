@@ -104,6 +104,21 @@ def heartbeat(**kw):
     return d
 
 
+def usage(date="2026-11-28", parameters=None, station=STATION, **kw):
+    """A daily usage summary as lockerd sends it (docs/api.md, docs/opendata.md)."""
+    obs = {"phenomenonTime": "2026-11-28T17:00:00.000Z/2026-11-28T19:00:00.000Z",
+           "resultTime": "2026-11-29T00:02:00.000Z", "result": "collected",
+           "parameters": parameters if parameters is not None else
+           {"reservationId": "r-1", "compartment": 1, "pickupDelaySeconds": 60,
+            "keyOutSeconds": 3600}}
+    d = {"date": date, "timezone": "Europe/Berlin", "sensorthings": {"Things": [{
+        "name": "h-1 (Station)", "description": "A sports hall",
+        "properties": {"stationId": station, "hall": "h-1"},
+        "Datastreams": [{"name": f"{station} h-1: booked slots", "Observations": [obs]}]}]}}
+    d.update(kw)
+    return d
+
+
 class Server:
     """One server.py process on fresh ports."""
 
@@ -577,6 +592,40 @@ class HeartbeatTest(ServerTest):
                                          heartbeat(clock={})), 422)
 
 
+class UsageTest(ServerTest):
+    def test_put_replaces_and_counts(self):
+        self.assertEqual(self.admin("GET", "/admin/usage"), {"days": []})
+        path = f"stations/{STATION}/usage/2026-11-28"
+        st, _, _, raw = self.api("PUT", path, usage())
+        self.assertEqual((st, raw), (204, b""))
+        self.assertEqual(self.api("PUT", f"stations/{STATION}/usage/2026-11-27",
+                                  usage("2026-11-27"))[0], 204)
+        second = usage(parameters={"reservationId": "r-1", "compartment": 1, "club": "c-1"})
+        self.assertEqual(self.api("PUT", path, second)[0], 204)
+        days = self.admin("GET", "/admin/usage")["days"]
+        self.assertEqual([(d["date"], d["count"]) for d in days],
+                         [("2026-11-27", 1), ("2026-11-28", 2)])
+        self.assertEqual(days[1]["document"], second)
+        self.assertEqual(self.admin("GET", "/admin/usage?stationId=st-13"), {"days": []})
+
+    def test_refused(self):
+        base = f"stations/{STATION}/usage/"
+        self.assertProblem(400, self.api("PUT", base + "2026-02-30", usage("2026-02-30")), 400)
+        self.assertProblem(400, self.api("PUT", base + "28.11.2026", usage()), 400)
+        self.assertProblem(422, self.api("PUT", base + "2026-11-29", usage()), 422)
+        self.assertProblem(422, self.api("PUT", base + "2026-11-28", usage(extra=1)), 422)
+        self.assertProblem(422, self.api("PUT", base + "2026-11-28", usage(station="st-13")),
+                           422)
+        for personal in ({"memberId": "m-5"}, {"credentialId": "cred-1"}, {"name": "A"}):
+            self.assertProblem(422, self.api("PUT", base + "2026-11-28", usage(
+                parameters={"reservationId": "r-1", **personal})), 422)
+        self.assertProblem(415, self.api("PUT", base + "2026-11-28", raw=b"{}",
+                                         headers={"Content-Type": "text/plain"}), 415)
+        self.assertProblem(403, self.api("PUT", "stations/st-13/usage/2026-11-28", usage()), 403)
+        self.assertProblem(405, self.api("GET", base + "2026-11-28"), 405)
+        self.assertEqual(self.admin("GET", "/admin/usage"), {"days": []})
+
+
 class TlsTest(ServerTest):
     ROUTES = [("GET", f"stations/{STATION}", None), ("GET", f"stations/{STATION}/reservations", None),
               ("GET", f"stations/{STATION}/credentials", None),
@@ -864,6 +913,7 @@ class ShapesTest(ServerTest):
         for ev in evs[:1]:
             self.assertShape("Event", ev)
         self.assertShape("Heartbeat", heartbeat())
+        self.assertShape("UsageSummary", usage())
         self.assertShape("EventResults", self.post_events(evs)[2])
         self.assertShape("Problem", self.api("GET", f"stations/{STATION}?x", cert=None)[2])
         # and the schema is not too lax: what the server rejects, it rejects too

@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 import unittest
+import zoneinfo
 
 from harness import LOCKERD, StationTestCase, wait_until
 from city import CityServer, city_station_extra, uid_hmac, wait_delivered
@@ -433,3 +434,106 @@ class TestWorker(SyncTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")  # the station's default [station] timezone
+
+
+class TestUsagePush(SyncTestCase):
+    """[opendata] push = yes: each past local day's open-data summary goes to
+    PUT /stations/{id}/usage/{date} once, after the day, retried on errors (issue 7)."""
+
+    def station(self, **kw):
+        return self.make_station(extra=city_station_extra(self.city) + "\n\n[opendata]\npush = yes",
+                                 **kw)
+
+    def advance_to(self, st, day, hour=0, minute=5):
+        """Moves the station's clock to local `day` at hour:minute (never backwards)."""
+        now = st.now().astimezone(BERLIN)
+        target = datetime.datetime.combine(day, datetime.time(hour, minute), BERLIN)
+        secs = int((target - now).total_seconds()) + 1
+        self.assertGreater(secs, 0, "the clock would go back")
+        st.advance("%ds" % secs)
+
+    def days(self):
+        return {d["date"]: d for d in self.city.admin("GET", "/admin/usage")["days"]}
+
+    def usage_puts(self, date=None):
+        return [r for r in self.city.requests()["requests"] if r["method"] == "PUT"
+                and "/usage/" in r["path"] and (date is None or r["path"].endswith(date))]
+
+    def used_day(self, st):
+        """A city booking on the next local day at 10:00, picked up and returned 30 min
+        later; -> that date."""
+        first = st.now().astimezone(BERLIN).date()
+        day = first + datetime.timedelta(days=1)
+        self.advance_to(st, day, 10, 0)
+        self.setup_city_booking(st)
+        self.sync(st)
+        st.pickup(UID, 2)
+        st.advance("30m")
+        st.give_back(UID, 2)
+        return first, day
+
+    def test_day_pushed_once_with_facts_and_nothing_personal(self):
+        st = self.station()
+        first, day = self.used_day(st)
+        self.advance_to(st, day + datetime.timedelta(days=1))
+        self.sync(st)
+        got = wait_until(lambda: self.days().get(str(day)), timeout=30, what="the day's summary")
+        self.assertEqual(got["count"], 1)
+        doc = got["document"]
+        self.assertEqual((doc["date"], doc["timezone"]), (str(day), "Europe/Berlin"))
+        hall = [t for t in doc["sensorthings"]["Things"]
+                if t["properties"]["hall"] == "halle-2"][0]
+        self.assertEqual(hall["properties"]["stationId"], "st-scenario")
+        slots, removals, sessions = (d["Observations"] for d in hall["Datastreams"])
+        self.assertEqual([o["result"] for o in slots], ["collected"])
+        self.assertEqual(slots[0]["parameters"]["reservationId"], "r-881")
+        self.assertEqual(slots[0]["parameters"]["keyOutSeconds"], 30 * 60)
+        self.assertEqual([o["result"] for o in removals], ["removed"])
+        self.assertEqual([o["result"] for o in sessions], [30 * 60])
+        text = json.dumps(doc)
+        for secret in ("m-5", "A. Trainer", "cred-77", UID, UID.lower(), "club-42",
+                       uid_hmac(st, UID)):
+            self.assertNotIn(secret, text)
+        # First enable: from the day before the first start on, not years of history.
+        self.assertEqual(min(self.days()), str(first - datetime.timedelta(days=1)))
+        self.assertEqual(st.j("sync", "status")["usage"]["pushedThrough"], str(day))
+
+        # A restart does not send the day again; the next day follows once it is over
+        # (the restart has put the simulated clock back: move it on past that day).
+        st.restart()
+        self.advance_to(st, day + datetime.timedelta(days=2))
+        self.sync(st)
+        nxt = str(day + datetime.timedelta(days=1))
+        wait_until(lambda: nxt in self.days(), timeout=30, what="the next day's summary")
+        self.assertEqual(self.days()[str(day)]["count"], 1)
+        self.assertEqual(len(self.usage_puts(str(day))), 1)
+        self.assertEqual(st.j("sync", "status")["usage"]["pushedThrough"], nxt)
+
+    def test_503_is_retried(self):
+        st = self.station()
+        _, day = self.used_day(st)
+        self.sync(st)  # the days before: delivered
+        wait_until(lambda: st.j("sync", "status")["usage"]["pushedThrough"]
+                   == str(day - datetime.timedelta(days=1)), timeout=30, what="older days")
+        self.city.fault("status", path="/usage/%s$" % day, status=503, count=2)
+        self.advance_to(st, day + datetime.timedelta(days=1))
+        self.sync(st)
+        got = wait_until(lambda: self.days().get(str(day)), timeout=30, what="the retried day")
+        self.assertEqual(got["count"], 1)
+        self.assertEqual([r["status"] for r in self.usage_puts(str(day))], [503, 503, 204])
+        s = wait_until(lambda: (lambda s: s["usage"]["pushedThrough"] == str(day) and s)(
+            st.j("sync", "status")), timeout=10, what="status")
+        self.assertIsNone(s["usage"]["inFlight"])
+        self.assertIsNotNone(s["operations"]["usage"]["lastError"])
+        self.assertEqual(s["operations"]["usage"]["http"], 503)
+
+    def test_off_by_default(self):
+        st = self.make_station(extra=city_station_extra(self.city))
+        self.sync(st)
+        st.advance("25h")
+        self.sync(st)
+        self.assertFalse(st.j("sync", "status")["usage"]["push"])
+        self.assertEqual(self.usage_puts(), [])

@@ -50,6 +50,8 @@ class Station {
     this.conf = path.join(this.dir, "lockerd.conf");
     this.port = opts.port;
     this.speech = opts.speech || "no";
+    this.policy = opts.policy || []; // extra [policy] lines, e.g. "pin_required = yes"
+
     this.proc = null;
     this.starts = 0;
   }
@@ -67,6 +69,7 @@ class Station {
       "[ui]", "enabled = yes", "listen = 127.0.0.1:" + this.port, "dir = " + path.join(REPO, "ui"),
       "language = de", "speech = " + this.speech,
     ];
+    if (this.policy.length) out.push("", "[policy]", ...this.policy);
     for (const n of Object.keys(LINES)) {
       const [lock, door, key] = LINES[n];
       out.push("", "[compartment." + n + "]", "lock = " + lock, "door = " + door + ", active-low, pull-up",
@@ -130,6 +133,11 @@ class Station {
       throw new Error("lockerctl " + args.join(" ") + " failed (" + e.status + "): " +
         (e.stderr ? e.stderr.toString() : e.message));
     }
+  }
+
+  // lockerd -P MEMBER: the PIN on stdin.
+  setPin(member, pin) {
+    execFileSync(LOCKERD, ["-c", this.conf, "-P", member], { input: pin + "\n", stdio: ["pipe", "ignore", "pipe"], timeout: 30000 });
   }
 
   now() { return new Date(this.ctl(["status"]).station.time); }

@@ -151,6 +151,105 @@ function httpGet(url, headers = {}, maxMs = 0) {
   });
 }
 
+// ------------------------------------------------------------------ card + PIN, notes
+
+async function pinKeys(page, digits) {
+  for (const d of digits) await page.click('#pinpad [data-digit="' + d + '"]');
+  await page.click("#pin-ok");
+}
+
+async function pinAndNotes(page, first) {
+  await first.stop();
+  const P = new Station({ policy: ["pin_required = yes", "pin_timeout = 20s"] });
+  try {
+    await P.start();
+    P.ctl(["club", "add", "club-p", "Verein P"]);
+    const r = P.ctl(["member", "add", "--club", "club-p", "--name", "Mitglied P"]);
+    const member = r.id || r.member || r.memberId;
+    P.ctl(["card", "add", member, "--uid", "04A1B2C3D4E5E1"]);
+    P.ctl(["booking", "add", "--club", "club-p", "--compartment", 1, "--from", P.at(-10), "--to", P.at(120)]);
+    P.setPin(member, "2468");
+    await page.goto(P.url);
+    await waitView(page, "idle", null, "idle on the PIN station");
+
+    // The PIN pad appears after the tap; nothing is unlocked yet.
+    P.ctl(["sim", "tap", "04A1B2C3D4E5E1"]);
+    await outcome(page, "pin", "pin", "pin", (l, s) => [
+      [s.title === cat[l]["pin.title"], "PIN title"],
+      [s.body === fill(cat[l]["pin.body"], { n: 1 }), "PIN body names the compartment"],
+      [s.countdown.startsWith(prefix(l, "pin.countdown")), "PIN countdown"],
+    ]);
+    const keys = await page.$$eval("#pinpad button", (bs) => bs.map((b) => { const r = b.getBoundingClientRect(); return [r.width, r.height]; }));
+    ok(keys.length === 13 && keys.every(([w, h]) => w >= 44 && h >= 44), "PIN keys are at least 44x44 px: " + JSON.stringify(keys));
+    ok(P.ctl(["status"]).compartments[0].lock === "off", "no coil before the PIN");
+
+    // Wrong PIN: refused with the attempts left, the pad stays.
+    await pinKeys(page, "1111");
+    await page.waitForFunction((t) => document.getElementById("pin-msg").textContent === t, fill(cat.de["pin.wrong"], { left: 2 }), { timeout: DOM_TIMEOUT });
+    ok((await screen(page)).view === "pin", "still on the PIN pad after a wrong PIN");
+    // Right PIN: the compartment opens.
+    await pinKeys(page, "2468");
+    await waitView(page, "granted", "pickup", "granted after the right PIN");
+    ok((await screen(page)).lit[0] === 1, "compartment 1 lit after the PIN");
+    ok(P.ctl(["status"]).compartments[0].state === "unlocking", "unlocking after the PIN");
+    P.ctl(["sim", "door", 1, "open"]); P.ctl(["sim", "key", 1, "take"]); P.ctl(["sim", "door", 1, "close"]);
+    await waitView(page, "done", "pickup", "pickup done");
+
+    // Three wrong PINs: locked out, with the back-off in words.
+    P.ctl(["sim", "tap", "04A1B2C3D4E5E1"]); // a return: no PIN
+    await waitView(page, "granted", "return", "return without PIN");
+    P.ctl(["sim", "door", 1, "open"]); P.ctl(["sim", "key", 1, "put"]); P.ctl(["sim", "door", 1, "close"]);
+
+    // Notes after the return become events.
+    await waitView(page, "done", "return", "return done");
+    await page.waitForSelector("#notes:not([hidden])", { timeout: DOM_TIMEOUT });
+    await checkBoth(page, "notes", (l, s) => [[s.title === cat[l]["done.return.title"], "returned title with notes"]]);
+    await axe(page, "notes");
+    await shots(page, "notes");
+    const nb = await page.$$eval("#notes button", (bs) => bs.map((b) => { const r = b.getBoundingClientRect(); return [r.width, r.height]; }));
+    ok(nb.every(([w, h]) => w >= 44 && h >= 44), "note buttons at least 44x44 px: " + JSON.stringify(nb));
+    await page.click('[data-note="floor-wet"]');
+    await page.fill("#note-text", "Netz am Tor gerissen");
+    await page.click("#note-send");
+    await page.waitForFunction((t) => document.getElementById("notes-msg").textContent === t, cat.de["notes.thanks"], { timeout: DOM_TIMEOUT });
+    await waitFor("two condition notes", () => {
+      const notes = P.ctl(["events"]).filter((e) => e.type === "hall.conditionNote");
+      return notes.length === 2 && notes[0].reason === "floor-wet" && notes[1].detail.text === "Netz am Tor gerissen" &&
+        notes.every((e) => e.compartment === 1 && !e.memberId && !e.member);
+    });
+    ok(true, "notes recorded as hall.conditionNote");
+
+    P.ctl(["sim", "tap", "04A1B2C3D4E5E1"]);
+    await waitView(page, "pin", "pin", "PIN pad again");
+    await pinKeys(page, "0000");
+    await page.waitForFunction(() => document.getElementById("pin-msg").textContent !== "", null, { timeout: DOM_TIMEOUT });
+    await pinKeys(page, "0000");
+    await page.waitForFunction((t) => document.getElementById("pin-msg").textContent === t, cat.de["pin.wrong.one"], { timeout: DOM_TIMEOUT });
+    await pinKeys(page, "0000");
+    await outcome(page, "pin-locked-out", "refused", "pin-locked-out", (l, s) => [
+      [s.body.startsWith(prefix(l, "refused.pin-locked-out.until")) && /\d\d:\d\d/.test(s.body), "lockout with the time to come back"],
+    ]);
+    ok(P.ctl(["status"]).compartments[0].lock === "off", "no coil after a lockout");
+    P.ctl(["sim", "clock", "advance", "61s"]);
+
+    // Timeout: nothing unlocked.
+    P.ctl(["sim", "tap", "04A1B2C3D4E5E1"]);
+    await waitView(page, "pin", "pin", "PIN pad for the timeout");
+    P.ctl(["sim", "clock", "advance", "21s"]);
+    await outcome(page, "pin-timeout", "pincancel", "timeout", (l, s) => [
+      [s.title === cat[l]["pin.timeout.title"], "timeout title"],
+      [s.body === cat[l]["pin.timeout.body"], "nothing was opened"],
+    ]);
+    const acts = P.ctl(["sim", "outputs"]).lines.find((x) => x.line === "GPIO17").activations;
+    ok(acts === 2, "the coil went on twice: the pickup after the right PIN and the return (" + acts + ")");
+    await P.stop();
+  } finally {
+    P.cleanup();
+    await first.start();
+    await page.goto(first.url);
+  }
+}
+
 // ------------------------------------------------------------------ the test
 
 async function main() {
@@ -330,6 +429,9 @@ async function main() {
     await st.start();
     await waitView(page, "idle", null, "the screen back after lockerd restarted");
     ok(true, "recovered");
+
+    // ---- card + PIN and condition notes, on a second station that wants PINs
+    await pinAndNotes(page, st);
 
     const csp = consoleErrors.filter((e) => /Content.Security.Policy|Refused to/i.test(e));
     ok(csp.length === 0, "no CSP violations: " + csp.join(" | "));

@@ -155,6 +155,63 @@ static void test_roundtrip_upload_done(void **state)
     assert_int_equal(msg.count, 204);
 }
 
+/* The daily usage summary: SM_USAGE out, SM_USAGE_DONE back, both naming the day. */
+static void test_usage_messages(void **state)
+{
+    struct syncmsg_builder b;
+    char s[64];
+    (void)state;
+
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE);
+    syncmsg_put_str(&b, F_DATE, "2026-11-28");
+    syncmsg_put_str(&b, F_BODY, "{\"date\": \"2026-11-28\"}\n");
+    assert_int_equal(decode(finish(&b)), 0);
+    assert_int_equal(msg.type, SM_USAGE);
+    assert_true(syncmsg_str(&msg, F_DATE, s, sizeof(s)));
+    assert_string_equal(s, "2026-11-28");
+    assert_string_equal(syncmsg_type_name(SM_USAGE), "usage");
+
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE_DONE);
+    syncmsg_put_str(&b, F_DATE, "2026-11-28");
+    syncmsg_put_str(&b, F_OUTCOME, "dead");
+    syncmsg_put_int(&b, F_HTTP, 422);
+    syncmsg_put_str(&b, F_ERROR, "Unprocessable Entity: x");
+    assert_int_equal(decode(finish(&b)), 0);
+    assert_int_equal(syncmsg_int(&msg, F_HTTP, 0), 422);
+    assert_string_equal(syncmsg_type_name(SM_USAGE_DONE), "usage_done");
+
+    /* The date is required, exactly 10 characters and a clean string. */
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE);
+    syncmsg_put_str(&b, F_BODY, "{}");
+    refused(finish(&b), "missing field date");
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE);
+    syncmsg_put_str(&b, F_DATE, "2026-11-8");
+    syncmsg_put_str(&b, F_BODY, "{}");
+    refused(finish(&b), "length 9");
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE);
+    syncmsg_put_str(&b, F_DATE, "2026-11-28\n");
+    syncmsg_put_str(&b, F_BODY, "{}");
+    refused(finish(&b), "length 11");
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE);
+    syncmsg_put_str(&b, F_DATE, "2026\n11-28");
+    syncmsg_put_str(&b, F_BODY, "{}");
+    refused(finish(&b), "not clean UTF-8");
+    /* No body without a date, no outcome without a date, no body in the answer. */
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE_DONE);
+    syncmsg_put_str(&b, F_OUTCOME, "done");
+    refused(finish(&b), "missing field date");
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE_DONE);
+    syncmsg_put_str(&b, F_DATE, "2026-11-28");
+    syncmsg_put_str(&b, F_OUTCOME, "done");
+    syncmsg_put_str(&b, F_BODY, "{}");
+    refused(finish(&b), "unexpected field tag");
+    syncmsg_start(&b, buf, sizeof(buf), SM_USAGE_DONE);
+    syncmsg_put_str(&b, F_DATE, "2026-11-28");
+    syncmsg_put_str(&b, F_DATE, "2026-11-29");
+    syncmsg_put_str(&b, F_OUTCOME, "done");
+    refused(finish(&b), "repeated");
+}
+
 static void test_builder_overflow(void **state)
 {
     struct syncmsg_builder b;
@@ -394,6 +451,7 @@ int main(void)
         cmocka_unit_test(test_roundtrip_config),
         cmocka_unit_test(test_roundtrip_items),
         cmocka_unit_test(test_roundtrip_upload_done),
+        cmocka_unit_test(test_usage_messages),
         cmocka_unit_test(test_builder_overflow),
         cmocka_unit_test(test_refuse_length_version_type),
         cmocka_unit_test(test_refuse_truncation),

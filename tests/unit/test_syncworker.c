@@ -731,6 +731,8 @@ static void note(struct seen *s, const struct syncmsg *m)
     case SM_FEED_GONE:
     case SM_UPLOAD_DONE:
     case SM_CYCLE_DONE:
+    case SM_USAGE:
+    case SM_USAGE_DONE:
     case SM_TYPE_MAX:
         break;
     }
@@ -812,6 +814,39 @@ static void upload(int fd, uint8_t *buf, struct syncmsg *m, int64_t batch, const
             strncat(results, ",", rlen - strlen(results) - 1);
         strncat(results, s, rlen - strlen(results) - 1);
     }
+}
+
+/* PUTs a daily usage summary for date with an observation's parameters par; returns
+ * the SM_USAGE_DONE outcome and its HTTP status. */
+static void usage_put(int fd, uint8_t *buf, struct syncmsg *m, const char *date, const char *par,
+                      char *outcome, size_t olen, int64_t *http)
+{
+    struct syncmsg_builder b;
+    static uint8_t out[16384];
+    char body[4096], s[16];
+
+    snprintf(body, sizeof(body),
+             "{\"date\": \"%s\", \"timezone\": \"Europe/Berlin\", \"sensorthings\": "
+             "{\"Things\": [{\"name\": \"h-1 (E2E)\", \"description\": \"a hall\", "
+             "\"properties\": {\"stationId\": \"st-e2e\", \"hall\": \"h-1\"}, "
+             "\"Datastreams\": [{\"name\": \"booked slots\", \"Observations\": [{"
+             "\"phenomenonTime\": \"%sT17:00:00.000Z/%sT19:00:00.000Z\", "
+             "\"resultTime\": \"%sT23:00:00.000Z\", \"result\": \"collected\", "
+             "\"parameters\": {%s}}]}]}]}}",
+             date, date, date, date, par);
+    syncmsg_start(&b, out, sizeof(out), SM_USAGE);
+    syncmsg_put_str(&b, F_DATE, date);
+    syncmsg_put_str(&b, F_BODY, body);
+    send_msg(fd, &b);
+    for (;;) {
+        next_msg(fd, buf, m);
+        if (m->type == SM_USAGE_DONE)
+            break;
+    }
+    assert_true(syncmsg_str(m, F_DATE, s, sizeof(s)));
+    assert_string_equal(s, date);
+    assert_true(syncmsg_str(m, F_OUTCOME, outcome, olen));
+    *http = syncmsg_int(m, F_HTTP, 0);
 }
 
 /* The server outlives a failing assertion: the teardown stops it. */
@@ -927,6 +962,22 @@ static void test_end_to_end(void **state)
     assert_string_equal(results, "created");
     upload(sv[0], buf, &m, 2, batch2, 2, results, sizeof(results));
     assert_string_equal(results, "duplicate,created");
+
+    /* A daily usage summary is taken (204), again (a PUT replaces); one with a
+     * personal field in its parameters is refused for good (422: "dead"). */
+    char outcome[16];
+    int64_t http;
+    usage_put(sv[0], buf, &m, "2026-11-28", "\"reservationId\": \"r-a\", \"compartment\": 1",
+              outcome, sizeof(outcome), &http);
+    assert_string_equal(outcome, "done");
+    assert_int_equal(http, 204);
+    usage_put(sv[0], buf, &m, "2026-11-28", "\"reservationId\": \"r-a\"", outcome, sizeof(outcome),
+              &http);
+    assert_string_equal(outcome, "done");
+    usage_put(sv[0], buf, &m, "2026-11-29", "\"memberId\": \"m-1\"", outcome, sizeof(outcome),
+              &http);
+    assert_string_equal(outcome, "dead");
+    assert_int_equal(http, 422);
 
     /* EOF ends the worker with status 0. */
     close(sv[0]);
