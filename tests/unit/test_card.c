@@ -162,10 +162,10 @@ static void test_cred_layout(void **state)
 {
     (void)state;
     uint8_t f[CARD_CRED_FILE_LEN], want[CARD_CRED_FILE_LEN] = {0};
-    unhex("4C4B4431"         /* "LKD1" */
-          "01"               /* version */
-          "C1A0F5"           /* AID LSB first */
-          "0102030405060708" /* issued, big-endian */
+    unhex("4C4B4431"                       /* "LKD1" */
+          "01"                             /* version */
+          "C1A0F5"                         /* AID LSB first */
+          "0102030405060708"               /* issued, big-endian */
           "000000000000000000000000000000" /* reserved */
           "4B",                            /* end mark: never 0x00 */
           want, sizeof(want));

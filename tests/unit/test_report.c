@@ -404,15 +404,15 @@ static void test_opendata(void **state)
     event(f, "key.returned", 1, NULL, "2026-03-02T16:30+01:00");
 
     char err[128] = "";
-    json_t *d = opendata_build(f->s, &f->cfg, at("2026-03-01T00:00+01:00"),
-                               at("2026-03-08T00:00+01:00"), at("2026-03-05T12:00+01:00"), false,
-                               err, sizeof err);
+    json_t *d =
+        opendata_build(f->s, &f->cfg, at("2026-03-01T00:00+01:00"), at("2026-03-08T00:00+01:00"),
+                       at("2026-03-05T12:00+01:00"), false, err, sizeof err);
     assert_non_null(d);
     json_t *things = json_object_get(json_object_get(d, "sensorthings"), "Things");
     assert_int_equal(json_array_size(things), 3); /* hall-a, hall-b, compartment-3 */
     json_t *a = json_array_get(things, 0);
-    assert_string_equal(json_string_value(json_object_get(json_object_get(a, "properties"), "hall")),
-                        "hall-a");
+    assert_string_equal(
+        json_string_value(json_object_get(json_object_get(a, "properties"), "hall")), "hall-a");
     json_t *ds = json_object_get(a, "Datastreams");
     json_t *slots = json_object_get(json_array_get(ds, 0), "Observations");
     assert_int_equal(json_array_size(slots), 2);
@@ -437,13 +437,13 @@ static void test_opendata(void **state)
                         "2026-03-02T13:10:00.000Z/2026-03-02T15:30:00.000Z");
 
     json_t *b = json_array_get(things, 1);
-    json_t *bslots = json_object_get(json_array_get(json_object_get(b, "Datastreams"), 0),
-                                     "Observations");
+    json_t *bslots =
+        json_object_get(json_array_get(json_object_get(b, "Datastreams"), 0), "Observations");
     assert_string_equal(json_string_value(json_object_get(json_array_get(bslots, 0), "result")),
                         "cancelled");
     json_t *c = json_array_get(things, 2);
-    json_t *cslots = json_object_get(json_array_get(json_object_get(c, "Datastreams"), 0),
-                                     "Observations");
+    json_t *cslots =
+        json_object_get(json_array_get(json_object_get(c, "Datastreams"), 0), "Observations");
     assert_string_equal(json_string_value(json_object_get(json_array_get(cslots, 0), "result")),
                         "pending");
 
@@ -456,9 +456,8 @@ static void test_opendata(void **state)
     assert_string_equal(
         json_string_value(json_object_get(json_object_get(e1, "usageStatus"), "value")),
         "collected");
-    assert_int_equal(json_integer_value(json_object_get(json_object_get(e1, "lateReturns"),
-                                                        "value")),
-                     1);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(e1, "lateReturns"), "value")), 1);
     assert_null(json_object_get(e1, "club"));
     char *text = json_dumps(d, 0);
     assert_null(strstr(text, "c1")); /* no club anywhere without publish_club */
