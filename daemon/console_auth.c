@@ -170,8 +170,26 @@ bool auth_load(const char *path, char *why, size_t whylen)
     pthread_mutex_lock(&lock);
     memcpy(accounts, tmp, sizeof(accounts));
     naccounts = n;
+    /* A session lives only as long as its account does, with the same role: a
+     * removed or demoted account is logged out at once, not after 12 hours. */
+    int ended = 0;
+    for (int i = 0; i < MAX_SESSIONS; i++) {
+        struct session *ss = &sessions[i];
+        if (!ss->id[0])
+            continue;
+        bool keep = false;
+        for (int k = 0; k < naccounts && !keep; k++)
+            keep = strcmp(accounts[k].name, ss->info.account) == 0 &&
+                   strcmp(accounts[k].role, ss->info.role) == 0;
+        if (!keep) {
+            OPENSSL_cleanse(ss, sizeof(*ss));
+            ended++;
+        }
+    }
     pthread_mutex_unlock(&lock);
     OPENSSL_cleanse(tmp, sizeof(tmp));
+    if (ended > 0)
+        log_notice("%d session(s) ended: their account was removed or its role changed", ended);
     if (n == 0)
         log_warnx("%s has no accounts: nobody can log in (lockerd-console --add-account)", path);
     return true;

@@ -547,6 +547,8 @@ static json_t *cmd_booking_move(struct client *cl, json_t *args, struct cmd_err 
         return NULL;
     if (to <= from)
         return fail(err, "bad_request", "the booking must end after it starts");
+    if (to - from > 7 * 86400000LL) /* the same limit as booking.add */
+        return fail(err, "bad_request", "a booking lasts at most 7 days");
     struct store *s = cl->ctl->store;
     struct booking b, other;
     int rc = store_booking_get(s, id, &b);
@@ -559,6 +561,8 @@ static json_t *cmd_booking_move(struct client *cl, json_t *args, struct cmd_err 
                     "booking '%s' comes from the city's booking service; move it there", id);
     if (b.status == BOOKING_CANCELLED)
         return fail(err, "conflict", "booking '%s' is cancelled", id);
+    if (b.end_ms <= clock_wall_ms())
+        return fail(err, "conflict", "booking '%s' is over; it stays as it was", id);
     int comp = b.compartment;
     if (b.collected_ms)
         return fail(err, "conflict", "the key of booking '%s' has been taken; it cannot move", id);

@@ -95,6 +95,10 @@ struct station {
         bool active;
         char nonce[STATION_NONCE_LEN + 1];
         struct decision d;
+        /* The tap, kept to decide again when the PIN is right: the card may have
+         * been revoked or the booking cancelled or ended while the pad waited. */
+        uint8_t hmac[32];
+        struct card_read card;
         int timer;
         int64_t deadline_ms; /* monotonic */
         int attempts_left;
@@ -903,6 +907,8 @@ static void pin_end(struct station *st, const char *why)
     }
     st->pin.active = false;
     OPENSSL_cleanse(st->pin.nonce, sizeof(st->pin.nonce));
+    OPENSSL_cleanse(st->pin.hmac, sizeof(st->pin.hmac));
+    OPENSSL_cleanse(&st->pin.card, sizeof(st->pin.card));
     if (why)
         notify(st, SIT_READY, 0, REFUSE_NONE);
 }
@@ -958,6 +964,8 @@ static void pin_request(struct station *st, struct decision *d, const struct car
     }
     st->pin.active = true;
     st->pin.d = *d;
+    st->pin.card = *card;
+    station_uid_hmac(st, card->uid, card->uid_len, st->pin.hmac);
     st->pin.timer = id;
     st->pin.deadline_ms = clock_mono_ms() + st->cfg->pin_timeout_ms;
     st->pin.attempts_left = POLICY_PIN_ATTEMPTS - pr.failures;
@@ -1018,6 +1026,29 @@ enum station_pin_result station_pin_enter(struct station *st, const char *nonce,
         st->pin.timer = 0;
         st->pin.active = false;
         OPENSSL_cleanse(st->pin.nonce, sizeof(st->pin.nonce));
+        /* Decide again, as if the card were tapped now: only the same pickup of the
+         * same compartment goes ahead. */
+        struct comp_view views[CONFIG_MAX_COMPARTMENTS];
+        struct decision again;
+        build_views(st, views);
+        policy_decide(st->cfg, st->store, st->pin.hmac, &st->pin.card, views, st->ncomps, now,
+                      &again);
+        OPENSSL_cleanse(st->pin.hmac, sizeof(st->pin.hmac));
+        if (again.action != POLICY_PICKUP || again.compartment != d->compartment) {
+            if (again.action != POLICY_REFUSE) {
+                again.action = POLICY_REFUSE;
+                again.reason = REFUSE_BUSY;
+            }
+            record_refusal(st, &again, &st->pin.card, NULL);
+            OPENSSL_cleanse(&st->pin.card, sizeof(st->pin.card));
+            st->last_decision = again;
+            log_info("PIN right, but the tap no longer grants compartment %d (%s); nothing "
+                     "unlocked",
+                     d->compartment, refusal_code(again.reason));
+            notify(st, SIT_REFUSED, d->compartment, again.reason);
+            return STATION_PIN_REFUSED;
+        }
+        OPENSSL_cleanse(&st->pin.card, sizeof(st->pin.card));
         json_t *detail = json_pack("{s:s,s:b}", "purpose", "pickup", "pin", 1);
         struct unlock_req req = {
             .purpose = "pickup",

@@ -175,6 +175,8 @@ enum station_pin_result {
     STATION_PIN_LOCKED_OUT, /* wrong, and now locked out for *lockout_ms: tap ended */
     STATION_PIN_STALE,      /* no PIN awaited, or not with this nonce */
     STATION_PIN_FAILED,     /* store or hardware failure: nothing unlocked */
+    STATION_PIN_REFUSED,    /* right, but decided again the tap no longer grants the
+                               compartment (revoked, booking gone): access.denied */
 };
 enum station_pin_result station_pin_enter(struct station *st, const char *nonce, const char *pin,
                                           int *attempts_left, int64_t *lockout_ms);

@@ -2591,9 +2591,11 @@ int store_outbox_dead(struct store *s, const char *event_id, int http, const cha
 {
     if (store_begin(s) != STORE_OK)
         return STORE_ERR;
+    /* An event pruned while its batch was out has nothing left to keep: NOTFOUND is
+     * not an error here. */
     sqlite3_stmt *st = stmt(s, Q_DEAD_ADD);
     if (!bind_text(st, 1, event_id) || !bind_int(st, 2, http) || !bind_text(st, 3, error) ||
-        !bind_int(st, 4, now_ms) || step_write(s, st, "dead letter", true) != STORE_OK ||
+        !bind_int(st, 4, now_ms) || step_write(s, st, "dead letter", true) == STORE_ERR ||
         store_outbox_ack(s, event_id) == STORE_ERR) {
         store_rollback(s);
         return STORE_ERR;

@@ -31,6 +31,7 @@
 #include "daemon/log.h"
 #include "daemon/opendata.h"
 #include "daemon/syncmsg.h"
+#include "daemon/syncworker.h"
 #include "daemon/timeutil.h"
 
 #define WORKER_FD       3
@@ -101,7 +102,7 @@ struct sync {
     char usage_date[OPENDATA_DATE_LEN];
     int usage_timer;
     char usage_refused[OPENDATA_DATE_LEN]; /* the last day given up, "" = none */
-    char usage_refused_error[256];
+    char usage_refused_error[300];
 
     int64_t cycle_asked, cycle_done;
     bool cycle_ok;
@@ -235,28 +236,27 @@ static void page_reset(struct sync *sy)
     sy->nitems = 0;
 }
 
-/* Ends the worker: closing its socket makes it exit; one that does not within 2 s
- * is killed. Whatever it was doing is redone by the next one. */
+/* Ends the worker. It keeps no state of its own (everything it was doing is redone
+ * from the database by the next one), so one that has not exited by now is killed
+ * at once: waiting for it would stall the event loop, and with it a coil's off
+ * timer. A killed process is gone within microseconds, so the wait is short. */
 static void worker_reap(struct sync *sy)
 {
     if (sy->pid <= 0)
         return;
     int status = 0;
-    pid_t got = 0;
-    for (int i = 0; i < 200 && got == 0; i++) {
-        got = waitpid(sy->pid, &status, WNOHANG);
-        if (got == 0) {
-            struct timespec ts = {0, 10 * 1000 * 1000};
-            nanosleep(&ts, NULL);
-        }
-    }
+    bool killed = false;
+    pid_t got = waitpid(sy->pid, &status, WNOHANG);
     if (got == 0) {
         kill(sy->pid, SIGKILL);
-        got = waitpid(sy->pid, &status, 0);
+        killed = true;
+        do {
+            got = waitpid(sy->pid, &status, 0);
+        } while (got < 0 && errno == EINTR);
     }
-    if (got == sy->pid && WIFSIGNALED(status))
+    if (got == sy->pid && WIFSIGNALED(status) && !(killed && WTERMSIG(status) == SIGKILL))
         log_warnx("sync: worker %d killed by %s", (int)sy->pid, strsignal(WTERMSIG(status)));
-    else if (got == sy->pid && WEXITSTATUS(status) != 0)
+    else if (got == sy->pid && WIFEXITED(status) && WEXITSTATUS(status) != 0)
         log_warnx("sync: worker %d exited with status %d", (int)sy->pid, WEXITSTATUS(status));
     sy->pid = 0;
 }
@@ -522,11 +522,12 @@ static void set_meta_ms(struct sync *sy, const char *key, int64_t ms)
     store_meta_set(sy->store, key, buf);
 }
 
-/* The base of the station's API: a `next` cursor must stay under it. */
+/* The base of the station's API: a `next` cursor must stay under it. The same
+ * parsed comparison as the worker's (sync_url_under), so that the two never
+ * disagree about a cursor and kill each other over it. */
 static bool cursor_ok(const struct sync *sy, const char *next)
 {
-    size_t n = strlen(sy->cfg->sync_url);
-    return strncmp(next, sy->cfg->sync_url, n) == 0 && next[n] == '/';
+    return sync_url_under(next, sy->cfg->sync_url);
 }
 
 static void on_page_end(struct sync *sy, const struct syncmsg *m)
@@ -542,7 +543,9 @@ static void on_page_end(struct sync *sy, const struct syncmsg *m)
         return worker_fail(sy, "a cursor outside %s", sy->cfg->sync_url);
 
     int64_t now = clock_wall_ms();
-    bool ok = store_begin(sy->store) == STORE_OK;
+    if (store_begin(sy->store) != STORE_OK)
+        return worker_fail(sy, "cannot store a page: the database refused a transaction");
+    bool ok = true;
     for (int i = 0; ok && i < sy->nitems; i++) {
         ok = (feed == SYNC_FEED_RESERVATIONS
                   ? store_city_reservation_apply(sy->store, &sy->res[i], now)
@@ -568,6 +571,10 @@ static void on_page_end(struct sync *sy, const struct syncmsg *m)
                            feed == SYNC_FEED_RESERVATIONS ? "reservations" : "credentials", n);
         }
     }
+    /* Exactly one of commit (which rolls back by itself when it fails) or rollback
+     * ends the transaction: one left open would swallow every later event's commit. */
+    if (!ok)
+        store_rollback(sy->store);
     if (ok && store_commit(sy->store) == STORE_OK) {
         if (sy->nitems > 0)
             log_info("sync: applied %d %s", sy->nitems,
@@ -575,8 +582,6 @@ static void on_page_end(struct sync *sy, const struct syncmsg *m)
         page_reset(sy);
         return;
     }
-    if (ok)
-        store_rollback(sy->store);
     /* The worker has moved past this page; a new one starts from the stored cursor. */
     worker_fail(sy, "cannot store a page of %s",
                 feed == SYNC_FEED_RESERVATIONS ? "reservations" : "credentials");
@@ -630,6 +635,17 @@ static json_t *wire_event(json_t *e)
         json_t *v = json_object_get(e, copy[i]);
         if (v != NULL)
             json_object_set(o, copy[i], v);
+    }
+    /* A condition note's free text is typed at a public screen and may name anyone:
+     * it stays on the station (for the facility manager, until retention); the city
+     * gets the note's code. */
+    const char *type = json_string_value(json_object_get(e, "type"));
+    json_t *detail = json_object_get(o, "detail");
+    if (type != NULL && strcmp(type, "hall.conditionNote") == 0 && json_is_object(detail) &&
+        json_object_get(detail, "text") != NULL) {
+        json_t *slim = json_copy(detail);
+        json_object_del(slim, "text");
+        json_object_set_new(o, "detail", slim);
     }
     const char *booking = json_string_value(json_object_get(e, "booking"));
     if (booking != NULL)
@@ -735,7 +751,14 @@ static void on_upload_done(struct sync *sy, const struct syncmsg *m)
         !str_field(m, F_ERROR, error, sizeof error))
         return worker_fail(sy, "an upload result for no batch in flight");
     int64_t now = clock_wall_ms();
-    bool ok = store_begin(sy->store) == STORE_OK;
+    bool halt = strcmp(outcome, "halt") == 0;
+    if (!halt && store_begin(sy->store) != STORE_OK) {
+        log_errx("sync: cannot record an upload result; the batch will be sent again");
+        sy->in_flight = false;
+        upload_schedule(sy, UPLOAD_DELAY_MS);
+        return;
+    }
+    bool ok = true;
     if (strcmp(outcome, "done") == 0) {
         /* Pairs of event id and result, one for every event of the batch. */
         bool seen[BATCH_MAX] = {false};
@@ -776,7 +799,7 @@ static void on_upload_done(struct sync *sy, const struct syncmsg *m)
             ok = store_outbox_dead(sy->store, sy->batch_ids[i], http, error, now) != STORE_ERR;
         log_errx("sync: the server refused %d events for good (HTTP %d: %s): kept as dead letters",
                  sy->nbatch, http, error);
-    } else if (strcmp(outcome, "halt") == 0) {
+    } else if (halt) {
         sy->halted = true;
         snprintf(sy->halt_reason, sizeof sy->halt_reason, "HTTP %d: %s", http, error);
         log_errx("sync: uploads halted: HTTP %d: %s (fix it, then `lockerctl sync now`)", http,
@@ -785,9 +808,11 @@ static void on_upload_done(struct sync *sy, const struct syncmsg *m)
         store_rollback(sy->store);
         return worker_fail(sy, "upload outcome '%s'", outcome);
     }
-    if (!ok || store_commit(sy->store) != STORE_OK) {
-        if (ok)
-            store_rollback(sy->store);
+    /* Exactly one of commit (which rolls back by itself when it fails) or rollback
+     * ends the transaction: one left open would swallow every later event's commit. */
+    if (!halt && !ok)
+        store_rollback(sy->store);
+    if (!halt && (!ok || store_commit(sy->store) != STORE_OK)) {
         /* Nothing was dropped from the outbox: the batch goes again, and the
          * server answers "duplicate" for what it already has. */
         log_errx("sync: cannot record an upload result; the batch will be sent again");

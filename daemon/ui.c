@@ -929,6 +929,9 @@ static enum MHD_Result serve_pin(struct ui *ui, struct MHD_Connection *conn, str
             res = json_pack("{s:s}", "result", "failed");
             code = MHD_HTTP_SERVICE_UNAVAILABLE;
             break;
+        case STATION_PIN_REFUSED: /* the access.denied event tells the screen why */
+            res = json_pack("{s:s}", "result", "refused");
+            break;
         }
     }
     if (up->len > 0)

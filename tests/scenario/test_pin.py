@@ -116,6 +116,20 @@ class PinTest(StationTestCase):
         self.assertEqual(st.comp(2)["state"], "unlocking")
         self.assertIsNone(self.status()["pin"])
 
+    def test_decided_again_when_the_pin_is_right(self):
+        """The card is revoked while the pad waits: the right PIN opens nothing."""
+        st = self.st
+        seq0 = st.last_seq()
+        st.tap(self.b["uid"])
+        st.wait_event("access.pinRequested", since=seq0)
+        st.j("card", "revoke", self.b["card"])
+        self.assertEqual(self.pin("2468"), (200, {"result": "refused"}))
+        self.assertEqual(self.lock_activations(), [], "no coil for a revoked card")
+        self.assertEqual(st.events_of("access.granted", since=seq0), [])
+        denied = st.events_of("access.denied", since=seq0)
+        self.assertEqual(denied[-1]["reason"], "revoked")
+        self.assertEqual(st.comp(2)["state"], "locked_full")
+
     def test_lockout_with_backoff(self):
         st = self.st
         seq0 = st.last_seq()

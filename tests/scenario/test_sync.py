@@ -406,6 +406,17 @@ class TestWorker(SyncTestCase):
         for line in probe.stdout.splitlines():
             self.assertNotIn("rw=ok", line)
             self.assertNotIn("ro=ok", line, "the sandbox can read " + line)
+        # Nor the control socket (seccomp: no new Unix sockets, whatever the uid), nor
+        # lockerd itself (signals only to itself).
+        probe = subprocess.run([LOCKERD, "--sandbox-probe", "unix:" + st.sock,
+                                "signal:%d" % st.proc.pid],
+                               capture_output=True, text=True, timeout=30)
+        self.assertEqual(probe.returncode, 0, probe.stderr)
+        self.assertIn("unix:%s connect=EPERM" % st.sock, probe.stdout)
+        with open(LOCKERD, "rb") as f:
+            sanitized = b"AddressSanitizer" in f.read()
+        if not sanitized:  # LeakSanitizer needs signals and ptrace (syncworker.c)
+            self.assertRegex(probe.stdout, r"signal:\d+ kill=EPERM")
 
     def test_killed_worker_is_restarted(self):
         st = self.station()
