@@ -212,7 +212,8 @@ install: all
 	install -m 0644 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf.sample
 	test -e $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf || \
 	    install -m 0640 docs/lockerd.conf.sample $(DESTDIR)$(SYSCONFDIR)/lockerd/lockerd.conf
-	install -m 0644 docs/man/lockerd.8 docs/man/lockerctl.8 $(DESTDIR)$(MANDIR)/man8/
+	install -m 0644 docs/man/lockerd.8 docs/man/lockerctl.8 docs/man/lockerd-console.8 \
+	    $(DESTDIR)$(MANDIR)/man8/
 	install -m 0644 docs/man/lockerd.conf.5 $(DESTDIR)$(MANDIR)/man5/
 	# The kiosk screen's files ([ui] dir) and its Chromium service (docs/kiosk.md).
 	install -d $(DESTDIR)$(UIDIR)/i18n

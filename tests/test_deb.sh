@@ -533,7 +533,9 @@ esac
 # the others. LOCKERD_DEB_CROSS=0 skips it.
 cross_test() {
     local host=arm64 xkey xbase xroot t0 xdeb
-    xkey=$(printf '%s\n' "$key" cross "$host" | sha256sum | cut -c1-12)
+    # The build dependencies come from debian/control: a changed one needs a new chroot.
+    xkey=$(printf '%s\n' "$key" cross "$host" "$(sha256sum <debian/control)" | sha256sum |
+        cut -c1-12)
     xbase=$cache/cross-$suite-$arch-$host-$(date -u +%Y%m%d)-$xkey.tar.gz
     xroot=$work/cross
     mkdir -p "$xroot"
