@@ -175,6 +175,22 @@ async function main() {
     const evs = st.ctl(["events"]);
     ok(evs.some((e) => e.type === "service.disabled" && e.operator === "console:tech"), "the technician's change is logged as console:tech");
 
+    // ---- a card enrolled from the console by tapping it while the request waits
+    st.ctl(["club", "add", "club-e", "Enrol Club"]);
+    const enrollee = st.ctl(["member", "add", "--club", "club-e", "--name", "Eve Enrolled"]).id;
+    const pending = request(port, "POST", "/api/cmd", { body: { cmd: "card.enroll", args: { member: enrollee, timeoutMs: 20000 } }, headers: { Cookie: m.cookie, "X-CSRF-Token": m.csrf } });
+    let enrolled = null;
+    // Taps until the enrolment has taken one: a tap before lockerd waits is an
+    // ordinary (refused) tap; the answer ends the loop, 40 tries at most.
+    for (let i = 0; i < 40 && !enrolled; i++) {
+      st.ctl(["sim", "tap", "04C0FFEE00AA11"], true);
+      enrolled = await Promise.race([pending, new Promise((r) => setTimeout(() => r(null), 250))]);
+    }
+    ok(enrolled && enrolled.status === 200 && enrolled.json && enrolled.json.result && enrolled.json.result.member === enrollee,
+       "a card is enrolled from the console by a tap (" + (enrolled ? enrolled.body : "no answer") + ")");
+    ok(st.ctl(["events"]).some((e) => e.type === "card.added" && e.operator === "console:mgr"),
+       "the enrolment is logged as console:mgr");
+
     // ---- the browser
     st.ctl(["club", "add", "club-a", "SV Warnemünde"]);
     const member = st.ctl(["member", "add", "--club", "club-a", "--name", "Anna Trainer"]).id;
