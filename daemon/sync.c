@@ -846,8 +846,7 @@ static void on_report(struct sync *sy, const struct syncmsg *m)
     o->http = (int)syncmsg_int(m, F_HTTP, 0);
     str_field(m, F_ERROR, o->error, sizeof o->error);
     o->retry_ms = syncmsg_int(m, F_RETRY_MS, 0);
-    log_warnx("sync: %s failed: %s%s%s", op, o->http ? "" : "", o->error,
-              o->retry_ms ? " (will retry)" : "");
+    log_warnx("sync: %s failed: %s%s", op, o->error, o->retry_ms ? " (will retry)" : "");
 }
 
 static void on_cycle_done(struct sync *sy, const struct syncmsg *m)
