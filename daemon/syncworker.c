@@ -1336,10 +1336,14 @@ static void on_op_timer(void *arg)
     start_op(ref->w, ref->op);
 }
 
-/* A feed's next fetch waits until its page has left the outgoing queue. */
+/* A feed's next fetch waits while the outgoing queue holds more than
+ * FEED_AHEAD_BYTES: the next page is fetched while lockerd applies this one (the
+ * socket's buffer holds less than a page of 500 small messages), and memory stays
+ * bounded by a few pages whatever the feed's size. */
+#define FEED_AHEAD_BYTES (512u << 10)
 static void feed_schedule(struct worker *w, enum op op, int64_t delay_ms)
 {
-    if (w->outq != NULL) {
+    if (w->outq != NULL && w->outq_bytes > FEED_AHEAD_BYTES) {
         w->wait_drain[op] = true;
         w->drain_delay[op] = delay_ms;
         return;
