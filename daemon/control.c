@@ -1050,21 +1050,35 @@ static bool arg_bound(json_t *args, const char *name, bool end, int64_t *out, bo
     return true;
 }
 
+/* The period of report and opendata: --from/--to, by default the last four weeks;
+ * --to alone: the four weeks before it. False with err filled in. */
+static bool report_period(json_t *args, int64_t now, int64_t *from, int64_t *to,
+                          struct cmd_err *err)
+{
+    int64_t dummy;
+    bool have_from, have_to;
+    report_default_period(now, from, to);
+    if (!arg_bound(args, "from", false, from, &have_from, err) ||
+        !arg_bound(args, "to", true, to, &have_to, err))
+        return false;
+    if (have_to && !have_from)
+        report_default_period(*to, from, &dummy);
+    if (*from >= *to) {
+        fail(err, "bad_request", "the period is empty: --from must be before --to");
+        return false;
+    }
+    if (*to - *from > (int64_t)REPORT_MAX_DAYS * 86400000) {
+        fail(err, "bad_request", "a report covers at most %d days", REPORT_MAX_DAYS);
+        return false;
+    }
+    return true;
+}
+
 static json_t *cmd_report(struct client *cl, json_t *args, struct cmd_err *err)
 {
-    int64_t now = clock_wall_ms(), from, to, dummy;
-    bool have_from, have_to;
-    report_default_period(now, &from, &to);
-    if (!arg_bound(args, "from", false, &from, &have_from, err) ||
-        !arg_bound(args, "to", true, &to, &have_to, err))
+    int64_t now = clock_wall_ms(), from, to;
+    if (!report_period(args, now, &from, &to, err))
         return NULL;
-    /* --to alone: the four weeks before it. */
-    if (have_to && !have_from)
-        report_default_period(to, &from, &dummy);
-    if (from >= to)
-        return fail(err, "bad_request", "the period is empty: --from must be before --to");
-    if (to - from > (int64_t)REPORT_MAX_DAYS * 86400000)
-        return fail(err, "bad_request", "a report covers at most %d days", REPORT_MAX_DAYS);
     char why[128] = "";
     json_t *r = report_build(cl->ctl->store, cl->ctl->cfg, from, to, now, why, sizeof(why));
     return r ? r : fail(err, "internal_error", "report: %s", why);
@@ -1073,18 +1087,9 @@ static json_t *cmd_report(struct client *cl, json_t *args, struct cmd_err *err)
 /* The report's facts as open data (opendata.h), for the same period arguments. */
 static json_t *cmd_opendata(struct client *cl, json_t *args, struct cmd_err *err)
 {
-    int64_t now = clock_wall_ms(), from, to, dummy;
-    bool have_from, have_to;
-    report_default_period(now, &from, &to);
-    if (!arg_bound(args, "from", false, &from, &have_from, err) ||
-        !arg_bound(args, "to", true, &to, &have_to, err))
+    int64_t now = clock_wall_ms(), from, to;
+    if (!report_period(args, now, &from, &to, err))
         return NULL;
-    if (have_to && !have_from)
-        report_default_period(to, &from, &dummy);
-    if (from >= to)
-        return fail(err, "bad_request", "the period is empty: --from must be before --to");
-    if (to - from > (int64_t)REPORT_MAX_DAYS * 86400000)
-        return fail(err, "bad_request", "a report covers at most %d days", REPORT_MAX_DAYS);
     char why[128] = "";
     json_t *r = opendata_build(cl->ctl->store, cl->ctl->cfg, from, to, now,
                                cl->ctl->cfg->opendata_publish_club, why, sizeof(why));

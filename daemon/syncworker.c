@@ -1474,21 +1474,28 @@ static void usage_clear(struct worker *w)
     w->us_pending = false;
 }
 
+/* The OUTCOME [HTTP] [ERROR] fields every answer to main carries. */
+static void put_outcome(struct syncmsg_builder *b, const char *outcome, long http,
+                        const char *error)
+{
+    char clean[256];
+    syncmsg_put_str(b, F_OUTCOME, outcome);
+    if (http > 0)
+        syncmsg_put_int(b, F_HTTP, http);
+    if (error != NULL) {
+        sync_sanitize(error, strlen(error), clean, sizeof(clean));
+        syncmsg_put_str(b, F_ERROR, clean);
+    }
+}
+
 /* The pending day's summary has an answer: "done" or "dead" (refused for good). */
 static void usage_done(struct worker *w, const char *outcome, long http, const char *error)
 {
     struct syncmsg_builder b;
-    char clean[256];
 
     syncmsg_start(&b, w->buf, SYNCMSG_MAX, SM_USAGE_DONE);
     syncmsg_put_str(&b, F_DATE, w->us_date);
-    syncmsg_put_str(&b, F_OUTCOME, outcome);
-    if (http > 0)
-        syncmsg_put_int(&b, F_HTTP, http);
-    if (error != NULL) {
-        sync_sanitize(error, strlen(error), clean, sizeof(clean));
-        syncmsg_put_str(&b, F_ERROR, clean);
-    }
+    put_outcome(&b, outcome, http, error);
     emit(w, &b);
     usage_clear(w);
 }
@@ -1516,17 +1523,10 @@ static void upload_done(struct worker *w, const char *outcome, long http, const 
                         const enum sync_result *results)
 {
     struct syncmsg_builder b;
-    char clean[256];
 
     syncmsg_start(&b, w->buf, SYNCMSG_MAX, SM_UPLOAD_DONE);
     syncmsg_put_int(&b, F_BATCH, w->up_batch);
-    syncmsg_put_str(&b, F_OUTCOME, outcome);
-    if (http > 0)
-        syncmsg_put_int(&b, F_HTTP, http);
-    if (error != NULL) {
-        sync_sanitize(error, strlen(error), clean, sizeof(clean));
-        syncmsg_put_str(&b, F_ERROR, clean);
-    }
+    put_outcome(&b, outcome, http, error);
     for (size_t i = 0; results != NULL && i < w->up_n; i++) {
         syncmsg_put_str(&b, F_EVENT_ID, w->up_ids[i]);
         syncmsg_put_str(&b, F_RESULT, sync_result_name(results[i]));
