@@ -297,6 +297,7 @@ enum query {
     Q_CITY_CRED_UPSERT,
     Q_CITY_CRED_DELETE,
     Q_CITY_RES_CANCEL,
+    Q_CITY_RES_CANCEL_PARTS,
     Q_CITY_BOOKING_UPSERT,
     Q_CITY_SWEEP_BOOKINGS,
     Q_CITY_SWEEP_CREDS,
@@ -411,8 +412,11 @@ static const char *const query_sql[Q_COUNT] = {
     [Q_CRED_CLUBS] = "SELECT clubs FROM credentials WHERE id = ?1",
     [Q_CRED_DELETE] = "DELETE FROM credentials WHERE id = ?1",
     /* A club named by the city: an empty name never replaces a known one. */
+    /* A club named again with its own name is not rewritten (a feed page names the
+     * same few clubs hundreds of times). */
     [Q_CITY_CLUB] = "INSERT INTO clubs (id, name) VALUES (?1, CASE WHEN ?2 = '' THEN ?1 ELSE ?2"
-                    " END) ON CONFLICT (id) DO UPDATE SET name = excluded.name WHERE ?2 <> ''",
+                    " END) ON CONFLICT (id) DO UPDATE SET name = excluded.name"
+                    " WHERE ?2 <> '' AND name <> ?2",
     [Q_CITY_MEMBER] = "INSERT INTO members (id, name, role) VALUES (?1, ?2, 'member')"
                       " ON CONFLICT (id) DO UPDATE SET name = excluded.name",
     [Q_CITY_CRED_DUP] = "SELECT id, source FROM credentials WHERE uid_hmac = ?1 AND id <> ?2",
@@ -425,14 +429,16 @@ static const char *const query_sql[Q_COUNT] = {
         " status = excluded.status, synced_at = excluded.synced_at, clubs = excluded.clubs"
         " WHERE credentials.source = 'city'",
     [Q_CITY_CRED_DELETE] = "DELETE FROM credentials WHERE id = ?1 AND source = 'city'",
-    /* Every booking row of a reservation: "r-881", or "r-881@2", "r-881@3" when it
-     * covers several compartments. */
-    /* '@' is not in the id alphabet and 'A' is the byte after it, so the range is
-     * exactly the ids "?1@...": two primary-key probes ('+' keeps SQLite off the
-     * source index, which would scan every city booking). */
+    /* The booking rows of a reservation are "r-881", or "r-881@2", "r-881@3" when it
+     * covers several compartments: one statement for each shape, each a single
+     * primary-key probe ('+' keeps SQLite off the source index, which would scan
+     * every city booking; one statement with OR costs a multi-index OR, four times
+     * the time). '@' is not in the id alphabet and 'A' is the byte after it, so the
+     * range is exactly the ids "?1@...". */
     [Q_CITY_RES_CANCEL] = "UPDATE bookings SET status = 'cancelled', synced_at = ?2"
-                          " WHERE +source = 'city' AND (id = ?1"
-                          " OR (id > ?1 || '@' AND id < ?1 || 'A'))",
+                          " WHERE id = ?1 AND +source = 'city'",
+    [Q_CITY_RES_CANCEL_PARTS] = "UPDATE bookings SET status = 'cancelled', synced_at = ?2"
+                                " WHERE id > ?1 || '@' AND id < ?1 || 'A' AND +source = 'city'",
     [Q_CITY_BOOKING_UPSERT] =
         "INSERT INTO bookings (" BOOKING_COLS ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'city', 0, ?7)"
         " ON CONFLICT (id) DO UPDATE SET club_id = excluded.club_id,"
@@ -2426,11 +2432,19 @@ int store_city_reservation_apply(struct store *s, const struct city_reservation 
     if (store_begin(s) != STORE_OK)
         return STORE_ERR;
     /* Cancel every row of the reservation first, then (re)activate the compartments
-     * it covers now: a move to other compartments leaves no stale row behind. */
-    sqlite3_stmt *st = stmt(s, Q_CITY_RES_CANCEL);
+     * it covers now: a move to other compartments leaves no stale row behind. The
+     * row named by the id alone is rewritten by the upsert below when the
+     * reservation covers one compartment, so it needs no cancelling then. */
+    sqlite3_stmt *st = stmt(s, Q_CITY_RES_CANCEL_PARTS);
     if (!bind_text(st, 1, r->id) || !bind_int(st, 2, now_ms) ||
         step_write(s, st, "reservation cancel", false) != STORE_OK)
         goto err;
+    if (r->deleted || r->ncompartments != 1) {
+        st = stmt(s, Q_CITY_RES_CANCEL);
+        if (!bind_text(st, 1, r->id) || !bind_int(st, 2, now_ms) ||
+            step_write(s, st, "reservation cancel", false) != STORE_OK)
+            goto err;
+    }
     if (!r->deleted) {
         if (city_club(s, r->club_id, r->club_name) != STORE_OK)
             goto err;

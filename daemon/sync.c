@@ -112,6 +112,7 @@ struct sync {
     uint8_t rbuf[SYNCMSG_MAX];
     uint8_t wbuf[SYNCMSG_MAX];
     struct syncmsg msg;
+    struct syncmsg item; /* one item of an SM_ITEMS message */
 };
 
 static void worker_stop(struct sync *sy, const char *why);
@@ -513,6 +514,21 @@ static void on_item(struct sync *sy, const struct syncmsg *m)
     if (!ok)
         return worker_fail(sy, "invalid record: %s", why);
     sy->nitems++;
+}
+
+/* Several items in one message: each is decoded and checked as if sent alone. */
+static void on_items(struct sync *sy, const struct syncmsg *m)
+{
+    int pos = 0, fd = sy->fd;
+    const struct syncmsg_field *f;
+    char why[160];
+    while (sy->fd == fd && (f = syncmsg_next(m, F_ITEM, &pos)) != NULL) {
+        if (syncmsg_decode(f->data, f->len, &sy->item, why, sizeof why) < 0)
+            return worker_fail(sy, "a malformed item: %s", why);
+        if (sy->item.type != SM_ITEM_RES && sy->item.type != SM_ITEM_CRED)
+            return worker_fail(sy, "a %s message among items", syncmsg_type_name(sy->item.type));
+        on_item(sy, &sy->item);
+    }
 }
 
 static void set_meta_ms(struct sync *sy, const char *key, int64_t ms)
@@ -1073,6 +1089,9 @@ static void dispatch(struct sync *sy, const struct syncmsg *m)
     case SM_ITEM_CRED:
         on_item(sy, m);
         return;
+    case SM_ITEMS:
+        on_items(sy, m);
+        return;
     case SM_PAGE_END:
         on_page_end(sy, m);
         return;
@@ -1132,6 +1151,10 @@ static void on_worker_msg(int fd, uint32_t events, void *arg)
         if (syncmsg_decode(sy->rbuf, (size_t)n, &sy->msg, why, sizeof why) < 0)
             return worker_fail(sy, "a malformed message: %s", why);
         dispatch(sy, &sy->msg);
+        /* A page applied is enough for one turn: a tap waiting meanwhile goes first
+         * (the socket stays readable, so the loop comes back). */
+        if (sy->msg.type == SM_PAGE_END)
+            return;
     }
 }
 

@@ -21,6 +21,7 @@ enum kind {
     K_STR,  /* UTF-8, no control characters */
     K_TEXT, /* UTF-8, control characters only \t \n \r (PEM, JSON bodies) */
     K_BLOB, /* bytes */
+    K_ITEM, /* a whole SM_ITEM_RES or SM_ITEM_CRED message, checked by its own schema */
 };
 
 struct tag_spec {
@@ -75,6 +76,7 @@ static const struct tag_spec tags[F_TAG_MAX] = {
     [F_ERROR] = {"error", K_STR, 0, 255},
     [F_RETRY_MS] = {"retry_ms", K_INT, 8, 8},
     [F_DATE] = {"date", K_STR, 10, 10},
+    [F_ITEM] = {"item", K_ITEM, 4, SYNCMSG_ITEM_MAX},
 };
 
 /* How often a tag may occur in a message type. */
@@ -148,6 +150,8 @@ static const struct type_spec types[SM_TYPE_MAX] = {
     [SM_USAGE] = {"usage", {[F_DATE] = REQ, [F_BODY] = REQ}},
     [SM_USAGE_DONE] = {"usage_done",
                        {[F_DATE] = REQ, [F_OUTCOME] = REQ, [F_HTTP] = OPT, [F_ERROR] = OPT}},
+    /* At most SYNCMSG_ITEMS_MAX: checked in syncmsg_decode(). */
+    [SM_ITEMS] = {"items", {[F_ITEM] = SOME}},
 };
 
 const char *syncmsg_type_name(enum syncmsg_type type)
@@ -306,6 +310,19 @@ static bool check_field(const struct syncmsg_field *f, char *why, size_t whylen)
         if (!utf8_ok(f->data, f->len, t->kind == K_TEXT))
             return fail(why, whylen, "field %s: not clean UTF-8 text", t->name);
         return true;
+    case K_ITEM: {
+        /* One level only: an item's own schema has no F_ITEM. The struct is large
+         * for the stack of a fuzzer or a sanitizer build, hence static (each process
+         * decodes from one thread). */
+        static struct syncmsg inner;
+        char iwhy[120];
+        if (syncmsg_decode(f->data, f->len, &inner, iwhy, sizeof iwhy) < 0)
+            return fail(why, whylen, "field %s: %s", t->name, iwhy);
+        if (inner.type != SM_ITEM_RES && inner.type != SM_ITEM_CRED)
+            return fail(why, whylen, "field %s: a %s message", t->name,
+                        syncmsg_type_name(inner.type));
+        return true;
+    }
     }
     return fail(why, whylen, "field %s: unknown kind", t->name);
 }
@@ -350,6 +367,8 @@ int syncmsg_decode(const uint8_t *buf, size_t len, struct syncmsg *out, char *wh
     }
     if (off != len)
         return fail(why, whylen, "%s: %zu trailing bytes", ts->name, len - off), -1;
+    if (seen[F_ITEM] > SYNCMSG_ITEMS_MAX)
+        return fail(why, whylen, "%s: %d items", ts->name, seen[F_ITEM]), -1;
     for (int t = 1; t < F_TAG_MAX; t++) {
         enum occurs o = (enum occurs)ts->occurs[t];
         if ((o == REQ || o == SOME) && seen[t] == 0)

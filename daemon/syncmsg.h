@@ -31,6 +31,10 @@
 #define SYNCMSG_MAX (256 * 1024)
 /* Most fields in one message (an upload batch: 100 event ids plus a few). */
 #define SYNCMSG_MAX_FIELDS 240
+/* Largest item message (a credential with 16 clubs is about 1.5 KiB), and most items
+ * in one SM_ITEMS message. */
+#define SYNCMSG_ITEM_MAX  4096
+#define SYNCMSG_ITEMS_MAX 100
 
 enum syncmsg_type {
     /* main -> worker */
@@ -53,6 +57,9 @@ enum syncmsg_type {
     /* worker -> main */
     SM_USAGE_DONE, /* DATE OUTCOME [HTTP] [ERROR]: the day's summary was taken ("done") or
                       refused for good with 400/422 ("dead") */
+    SM_ITEMS,      /* ITEM+: several items of one page, each a whole SM_ITEM_RES or
+                      SM_ITEM_CRED message checked like one sent alone (one datagram per
+                      item would cost the two processes a system call each) */
     SM_TYPE_MAX
 };
 
@@ -101,6 +108,7 @@ enum syncmsg_tag {
     F_ERROR,
     F_RETRY_MS,
     F_DATE, /* "YYYY-MM-DD", a local calendar day of the station */
+    F_ITEM, /* an embedded SM_ITEM_RES or SM_ITEM_CRED message */
     F_TAG_MAX
 };
 

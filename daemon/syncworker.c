@@ -1604,36 +1604,56 @@ static void done_config(struct worker *w, struct xfer *x, long http)
     part_done(w, OP_CONFIG, true);
 }
 
-/* The messages for one page, built and checked before any is queued. */
+/* One item as a whole SM_ITEM_RES or SM_ITEM_CRED message in buf; its length, or
+ * -1 when it does not fit. */
+static int64_t item_message(enum op op, const struct sync_item *it, uint8_t *buf, size_t cap)
+{
+    struct syncmsg_builder b;
+
+    syncmsg_start(&b, buf, cap, op == OP_RES ? SM_ITEM_RES : SM_ITEM_CRED);
+    syncmsg_put_str(&b, F_ID, it->id);
+    syncmsg_put_int(&b, F_MODIFIED, it->modified);
+    syncmsg_put_int(&b, F_DELETED, it->deleted ? 1 : 0);
+    if (!it->deleted && op == OP_RES) {
+        syncmsg_put_int(&b, F_START, it->start);
+        syncmsg_put_int(&b, F_END, it->end);
+        syncmsg_put_str(&b, F_CLUB, it->club);
+        syncmsg_put_str(&b, F_CLUB_NAME, it->club_name);
+        for (int k = 0; k < it->ncompartments; k++)
+            syncmsg_put_int(&b, F_COMPARTMENT, it->compartments[k]);
+        syncmsg_put_str(&b, F_STATUS, it->status);
+    } else if (!it->deleted) {
+        syncmsg_put_blob(&b, F_UID_HMAC, it->uid_hmac, sizeof(it->uid_hmac));
+        syncmsg_put_str(&b, F_CARD_TYPE, it->card_type);
+        syncmsg_put_str(&b, F_MEMBER, it->member);
+        syncmsg_put_str(&b, F_MEMBER_NAME, it->member_name);
+        for (int k = 0; k < it->nclubs; k++)
+            syncmsg_put_str(&b, F_CLUB, it->clubs[k]);
+        syncmsg_put_int(&b, F_VALID_FROM, it->valid_from);
+        syncmsg_put_int(&b, F_VALID_UNTIL, it->valid_until);
+        syncmsg_put_str(&b, F_STATUS, it->status);
+    }
+    return syncmsg_finish(&b);
+}
+
+/* The messages for one page, built and checked before any is queued: the items in
+ * SM_ITEMS messages of up to SYNCMSG_ITEMS_MAX (msg_take() checks each embedded item
+ * against its own schema), then SM_PAGE_END. */
 static struct outmsg *page_messages(struct worker *w, enum op op, const struct sync_page *pg)
 {
     struct outmsg *head = NULL, **tail = &head, *m;
     struct syncmsg_builder b;
+    uint8_t ibuf[SYNCMSG_ITEM_MAX];
 
-    for (size_t i = 0; i < pg->count; i++) {
-        const struct sync_item *it = &pg->items[i];
-        syncmsg_start(&b, w->buf, SYNCMSG_MAX, op == OP_RES ? SM_ITEM_RES : SM_ITEM_CRED);
-        syncmsg_put_str(&b, F_ID, it->id);
-        syncmsg_put_int(&b, F_MODIFIED, it->modified);
-        syncmsg_put_int(&b, F_DELETED, it->deleted ? 1 : 0);
-        if (!it->deleted && op == OP_RES) {
-            syncmsg_put_int(&b, F_START, it->start);
-            syncmsg_put_int(&b, F_END, it->end);
-            syncmsg_put_str(&b, F_CLUB, it->club);
-            syncmsg_put_str(&b, F_CLUB_NAME, it->club_name);
-            for (int k = 0; k < it->ncompartments; k++)
-                syncmsg_put_int(&b, F_COMPARTMENT, it->compartments[k]);
-            syncmsg_put_str(&b, F_STATUS, it->status);
-        } else if (!it->deleted) {
-            syncmsg_put_blob(&b, F_UID_HMAC, it->uid_hmac, sizeof(it->uid_hmac));
-            syncmsg_put_str(&b, F_CARD_TYPE, it->card_type);
-            syncmsg_put_str(&b, F_MEMBER, it->member);
-            syncmsg_put_str(&b, F_MEMBER_NAME, it->member_name);
-            for (int k = 0; k < it->nclubs; k++)
-                syncmsg_put_str(&b, F_CLUB, it->clubs[k]);
-            syncmsg_put_int(&b, F_VALID_FROM, it->valid_from);
-            syncmsg_put_int(&b, F_VALID_UNTIL, it->valid_until);
-            syncmsg_put_str(&b, F_STATUS, it->status);
+    for (size_t i = 0; i < pg->count; i += SYNCMSG_ITEMS_MAX) {
+        syncmsg_start(&b, w->buf, SYNCMSG_MAX, SM_ITEMS);
+        for (size_t k = i; k < pg->count && k < i + SYNCMSG_ITEMS_MAX; k++) {
+            int64_t n = item_message(op, &pg->items[k], ibuf, sizeof(ibuf));
+            if (n < 0) {
+                log_errx("sync: item %s does not fit a message", pg->items[k].id);
+                goto err;
+            }
+            syncmsg_put_blob(&b, F_ITEM, ibuf, (size_t)n);
         }
         if ((m = msg_take(w, &b)) == NULL)
             goto err;
@@ -1757,10 +1777,6 @@ static void on_xfer_done(struct worker *w, struct xfer *x, CURLcode rc)
         fail_retry(w, op, http, msg, 0);
         return;
     }
-    if (!sync_problem_text(x->body, x->len, problem, sizeof(problem)))
-        snprintf(problem, sizeof(problem), "(no problem details)");
-    snprintf(msg, sizeof(msg), "HTTP %ld: %s", http, problem);
-
     bool ok_status = (op == OP_CONFIG && (http == 200 || http == 304)) ||
                      ((op == OP_RES || op == OP_CRED || op == OP_EVENTS) && http == 200) ||
                      ((op == OP_HEARTBEAT || op == OP_USAGE) && (http == 200 || http == 204));
@@ -1788,6 +1804,11 @@ static void on_xfer_done(struct worker *w, struct xfer *x, CURLcode rc)
             return;
         }
     }
+    /* Only a failed request's body is read for problem details: a feed page parsed
+     * twice once cost the worker half its time. */
+    if (!sync_problem_text(x->body, x->len, problem, sizeof(problem)))
+        snprintf(problem, sizeof(problem), "(no problem details)");
+    snprintf(msg, sizeof(msg), "HTTP %ld: %s", http, problem);
     if (http == 401 || http == 403 || http == 404) {
         if (op == OP_EVENTS)
             upload_done(w, "halt", http, problem, NULL);
@@ -2093,6 +2114,7 @@ static void handle_message(struct worker *w, const struct syncmsg *m)
         return;
     case SM_ITEM_RES:
     case SM_ITEM_CRED:
+    case SM_ITEMS:
     case SM_PAGE_END:
     case SM_FEED_GONE:
     case SM_STATION:

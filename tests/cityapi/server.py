@@ -854,10 +854,14 @@ def problem(status, detail, title=None, **extra):
 
 
 class Reply:
-    def __init__(self, status, body=None, headers=None, ctype="application/json"):
+    def __init__(self, status, body=None, headers=None, ctype="application/json", raw=None):
+        """body is serialised here; raw is JSON text already serialised."""
         self.status = status
         self.headers = dict(headers or {})
-        if body is None:
+        if raw is not None:
+            self.body = raw.encode()
+            self.headers.setdefault("Content-Type", ctype)
+        elif body is None:
             self.body = b""
         else:
             self.body = json.dumps(body, ensure_ascii=False).encode()
@@ -1109,14 +1113,16 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         rows = store.page(station, feed, after, limit)
         host = self.headers.get("Host") or f"127.0.0.1:{self.app.port}"
         own_base = f"https://{host}{BASE}"
+        # Each item's data is stored as canonical JSON text and spliced in as it is:
+        # parsing and serialising it again per request would only cost time.
+        kind = json.dumps(FEEDS[feed])
         items = []
         for item_id, modified, state, data in rows:
-            it = {"state": state, "kind": FEEDS[feed], "id": item_id, "modified": modified}
-            if state == "updated":
-                it["data"] = json.loads(data)
-            items.append(it)
-        if items:
-            qs = [("afterTimestamp", str(items[-1]["modified"])), ("afterId", items[-1]["id"])]
+            it = '{"state":"%s","kind":%s,"id":%s,"modified":%d' % (
+                state, kind, json.dumps(item_id, ensure_ascii=False), modified)
+            items.append(it + (',"data":' + data + "}" if state == "updated" else "}"))
+        if rows:
+            qs = [("afterTimestamp", str(rows[-1][1])), ("afterId", rows[-1][0])]
             if "limit" in q:
                 qs.append(("limit", str(limit)))
             nxt = (f"{own_base}/stations/{urllib.parse.quote(station, safe='')}"
@@ -1127,7 +1133,8 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
             base = self.fault.get("base", "https://evil.example/keystation/v1")
             if nxt.startswith(own_base):
                 nxt = base + nxt[len(own_base):]
-        return Reply(200, {"next": nxt, "items": items, "license": LICENSE})
+        return Reply(200, raw='{"next":%s,"items":[%s],"license":%s}' % (
+            json.dumps(nxt), ",".join(items), json.dumps(LICENSE)))
 
     # POST /stations/{id}/events
     def h_events(self, params, sub, query, raw):

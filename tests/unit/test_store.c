@@ -1321,6 +1321,18 @@ static void test_city_records(void **state)
     assert_int_equal(b.status, BOOKING_ACTIVE);
     assert_int_equal(b.start_ms, 3000);
 
+    /* And back to one compartment: "r-1" is active again, both parts cancelled. */
+    r.compartments[0] = 4;
+    r.ncompartments = 1;
+    assert_int_equal(store_city_reservation_apply(f->s, &r, 25), STORE_OK);
+    assert_int_equal(store_booking_get(f->s, "r-1", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_ACTIVE);
+    assert_int_equal(b.compartment, 4);
+    assert_int_equal(store_booking_get(f->s, "r-1@1", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_CANCELLED);
+    assert_int_equal(store_booking_get(f->s, "r-1@3", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_CANCELLED);
+
     /* A local booking with a city id is never replaced. */
     struct booking local = {.id = "r-9",
                             .club_id = "club-1",
@@ -1344,6 +1356,8 @@ static void test_city_records(void **state)
     struct city_reservation gone = {.id = "r-1", .deleted = true};
     assert_int_equal(store_city_reservation_apply(f->s, &gone, 30), STORE_OK);
     assert_int_equal(store_booking_get(f->s, "r-1@1", &b), STORE_OK);
+    assert_int_equal(b.status, BOOKING_CANCELLED);
+    assert_int_equal(store_booking_get(f->s, "r-1", &b), STORE_OK);
     assert_int_equal(b.status, BOOKING_CANCELLED);
 
     /* Credentials with their clubs; a second credential of the same card wins. */

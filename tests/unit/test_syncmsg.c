@@ -134,6 +134,81 @@ static void test_roundtrip_items(void **state)
     assert_string_equal(s, "");
 }
 
+/* One reservation item as a whole message in out; its length. */
+static size_t build_item(uint8_t *out, size_t cap, const char *id)
+{
+    struct syncmsg_builder b;
+    syncmsg_start(&b, out, cap, SM_ITEM_RES);
+    syncmsg_put_str(&b, F_ID, id);
+    syncmsg_put_int(&b, F_MODIFIED, 1);
+    syncmsg_put_int(&b, F_DELETED, 1);
+    return finish(&b);
+}
+
+/* SM_ITEMS: items travel whole inside one message, each checked by its own schema. */
+static void test_items_batch(void **state)
+{
+    struct syncmsg_builder b;
+    static uint8_t item[SYNCMSG_ITEM_MAX];
+    static struct syncmsg inner;
+    char id[16], s[16];
+    int pos = 0;
+    const struct syncmsg_field *f;
+    (void)state;
+
+    syncmsg_start(&b, buf, sizeof(buf), SM_ITEMS);
+    for (int i = 0; i < SYNCMSG_ITEMS_MAX; i++) {
+        snprintf(id, sizeof id, "r-%d", i);
+        size_t n = build_item(item, sizeof item, id);
+        syncmsg_put_blob(&b, F_ITEM, item, n);
+    }
+    assert_int_equal(decode(finish(&b)), 0);
+    assert_int_equal(msg.type, SM_ITEMS);
+    for (int i = 0; (f = syncmsg_next(&msg, F_ITEM, &pos)) != NULL; i++) {
+        assert_int_equal(syncmsg_decode(f->data, f->len, &inner, why, sizeof why), 0);
+        assert_int_equal(inner.type, SM_ITEM_RES);
+        assert_true(syncmsg_str(&inner, F_ID, s, sizeof s));
+        snprintf(id, sizeof id, "r-%d", i);
+        assert_string_equal(s, id);
+    }
+
+    /* One item more than SYNCMSG_ITEMS_MAX. */
+    size_t n = build_item(item, sizeof item, "r-x");
+    syncmsg_start(&b, buf, sizeof(buf), SM_ITEMS);
+    for (int i = 0; i <= SYNCMSG_ITEMS_MAX; i++)
+        syncmsg_put_blob(&b, F_ITEM, item, n);
+    refused(finish(&b), "101 items");
+
+    /* An embedded item that breaks its own schema: no id. */
+    struct syncmsg_builder ib;
+    syncmsg_start(&ib, item, sizeof item, SM_ITEM_RES);
+    syncmsg_put_int(&ib, F_MODIFIED, 1);
+    syncmsg_put_int(&ib, F_DELETED, 1);
+    n = finish(&ib);
+    syncmsg_start(&b, buf, sizeof(buf), SM_ITEMS);
+    syncmsg_put_blob(&b, F_ITEM, item, n);
+    refused(finish(&b), "missing field id");
+
+    /* An embedded message of another type, and an embedded batch. */
+    syncmsg_start(&ib, item, sizeof item, SM_REPORT);
+    syncmsg_put_str(&ib, F_OP, "events");
+    syncmsg_put_int(&ib, F_SUCCESS, 1);
+    n = finish(&ib);
+    syncmsg_start(&b, buf, sizeof(buf), SM_ITEMS);
+    syncmsg_put_blob(&b, F_ITEM, item, n);
+    refused(finish(&b), "a report message");
+    syncmsg_start(&ib, item, sizeof item, SM_ITEMS);
+    syncmsg_put_blob(&ib, F_ITEM, buf, 4); /* content irrelevant: refused before */
+    n = finish(&ib);
+    syncmsg_start(&b, buf, sizeof(buf), SM_ITEMS);
+    syncmsg_put_blob(&b, F_ITEM, item, n);
+    assert_int_equal(decode(finish(&b)), -1);
+
+    /* An empty batch. */
+    syncmsg_start(&b, buf, sizeof(buf), SM_ITEMS);
+    refused(finish(&b), "missing field item");
+}
+
 static void test_roundtrip_upload_done(void **state)
 {
     struct syncmsg_builder b;
@@ -450,6 +525,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_roundtrip_config),
         cmocka_unit_test(test_roundtrip_items),
+        cmocka_unit_test(test_items_batch),
         cmocka_unit_test(test_roundtrip_upload_done),
         cmocka_unit_test(test_usage_messages),
         cmocka_unit_test(test_builder_overflow),

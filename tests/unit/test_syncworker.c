@@ -704,6 +704,20 @@ static void note(struct seen *s, const struct syncmsg *m)
         s->cred++;
         assert_int_equal(syncmsg_get(m, F_UID_HMAC)->len, 32);
         break;
+    case SM_ITEMS: {
+        /* Each embedded item as if it had come alone (they never nest). */
+        static struct syncmsg inner;
+        const struct syncmsg_field *f;
+        char why[200];
+        int pos = 0;
+        while ((f = syncmsg_next(m, F_ITEM, &pos)) != NULL) {
+            if (syncmsg_decode(f->data, f->len, &inner, why, sizeof(why)) < 0)
+                fail_msg("bad item from the worker: %s", why);
+            assert_true(inner.type == SM_ITEM_RES || inner.type == SM_ITEM_CRED);
+            note(s, &inner);
+        }
+        break;
+    }
     case SM_PAGE_END:
         if (syncmsg_int(m, F_FEED, 0) == SYNC_FEED_RESERVATIONS) {
             s->pages_res++;
