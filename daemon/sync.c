@@ -89,6 +89,7 @@ struct sync {
     bool in_flight;
     char (*batch_ids)[37];
     int nbatch;
+    int batch_limit; /* BATCH_MAX, less while a batch refused as a whole is split */
     int upload_timer;
     bool halted; /* 401/403/404: waits for `sync now` or a reload */
     char halt_reason[300];
@@ -679,7 +680,7 @@ static void upload_send(struct sync *sy)
 {
     if (sy->fd < 0 || sy->in_flight || sy->halted)
         return;
-    int limit = BATCH_MAX;
+    int limit = sy->batch_limit;
     json_t *events;
     char *body = NULL;
     for (;;) {
@@ -810,11 +811,20 @@ static void on_upload_done(struct sync *sy, const struct syncmsg *m)
             store_rollback(sy->store);
             return worker_fail(sy, "%d results for %d events", n, sy->nbatch);
         }
+        /* Back towards full batches after a batch was refused as a whole. */
+        sy->batch_limit = sy->batch_limit * 2 < BATCH_MAX ? sy->batch_limit * 2 : BATCH_MAX;
+    } else if (strcmp(outcome, "dead") == 0 && sy->nbatch > 1) {
+        /* Refused as a whole (400, 413, 422): most likely one event is to blame.
+         * The batch goes again in halves, down to one event, so that only the
+         * events the server refuses on their own become dead letters. */
+        sy->batch_limit = sy->nbatch / 2;
+        log_warnx("sync: the server refused a batch of %d events as a whole (HTTP %d: %s): "
+                  "sending it again in batches of %d",
+                  sy->nbatch, http, error, sy->batch_limit);
     } else if (strcmp(outcome, "dead") == 0) {
-        for (int i = 0; ok && i < sy->nbatch; i++)
-            ok = store_outbox_dead(sy->store, sy->batch_ids[i], http, error, now) != STORE_ERR;
-        log_errx("sync: the server refused %d events for good (HTTP %d: %s): kept as dead letters",
-                 sy->nbatch, http, error);
+        ok = store_outbox_dead(sy->store, sy->batch_ids[0], http, error, now) != STORE_ERR;
+        log_errx("sync: the server refused event %s for good (HTTP %d: %s): kept as a dead letter",
+                 sy->batch_ids[0], http, error);
     } else if (halt) {
         sy->halted = true;
         snprintf(sy->halt_reason, sizeof sy->halt_reason, "HTTP %d: %s", http, error);
@@ -1170,6 +1180,7 @@ struct sync *sync_new(const struct config *cfg, struct loop *loop, struct store 
     sy->station = station;
     sy->fd = -1;
     sy->restart_backoff_ms = RESTART_MIN_MS;
+    sy->batch_limit = BATCH_MAX;
     sy->heartbeat_s = cfg->sync_heartbeat_ms / 1000;
     sy->res = xcalloc(PAGE_MAX, sizeof *sy->res);
     sy->cred = xcalloc(PAGE_MAX, sizeof *sy->cred);

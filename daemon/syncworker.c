@@ -1828,8 +1828,11 @@ static void on_xfer_done(struct worker *w, struct xfer *x, CURLcode rc)
         done_feed_gone(w, x, op, http, problem);
         return;
     }
-    if (http == 400 || http == 422) {
-        /* The server refuses what we send; the same request would fail again. */
+    if (http == 400 || http == 422 || (op == OP_EVENTS && http == 413)) {
+        /* The server refuses what we send; the same request would fail again. For
+         * a batch of events lockerd decides what that means: it sends the batch
+         * again in halves until one event alone is refused (a dead letter), so
+         * that one bad or oversized event does not take the others with it. */
         if (op == OP_EVENTS) {
             upload_done(w, "dead", http, problem, NULL);
             report(w, op, false, http, msg, -1);

@@ -91,9 +91,12 @@ ADMIN API (plain HTTP on 127.0.0.1:ADMIN_PORT, JSON in and out; errors are
 
   Faults (API port only; matched in creation order against each request):
   POST   /admin/faults                 {"kind": K, "path"?: REGEX, "method"?: M,
-                                        "count"?: N (default 1, -1 = until deleted), ...}
+                                        "count"?: N (default 1, -1 = until deleted),
+                                        "body"?: REGEX, ...}
                                        -> {"id": n}. "path" is searched (re.search) in the
-                                       request path without the query.
+                                       request path without the query, "body" in the
+                                       request body (e.g. one eventId: every batch that
+                                       carries that event gets the fault).
          K = "drop"               close the connection without processing or answering
              "drop_after_commit"  process (e.g. store the events), then close without an
                                   answer
@@ -801,8 +804,11 @@ class App:
         count = spec.get("count", 1)
         if not is_int(count) or not (count >= 1 or count == -1):
             raise ValueError("count: an integer >= 1, or -1 for until deleted")
-        if "path" in spec:
-            re.compile(spec["path"])
+        for k in ("path", "body"):
+            if k in spec:
+                if not isinstance(spec[k], str):
+                    raise ValueError(f"{k}: a regular expression (string)")
+                re.compile(spec[k])
         if kind == "status":
             st = spec.get("status", 503)
             if not is_int(st) or not 400 <= st <= 599:
@@ -820,9 +826,10 @@ class App:
             self.faults.append(f)
             return f["id"]
 
-    def take_faults(self, method, path):
+    def take_faults(self, method, path, raw):
         """The delay faults and the first other fault that match, each consumed once."""
         delays, other = [], None
+        text = raw.decode("utf-8", "replace") if raw else ""
         with self.lock:
             for f in self.faults:
                 if f["remaining"] == 0:
@@ -830,6 +837,8 @@ class App:
                 if "method" in f and f["method"].upper() != method:
                     continue
                 if "path" in f and not re.search(f["path"], path):
+                    continue
+                if "body" in f and not re.search(f["body"], text):
                     continue
                 if f["kind"] != "delay" and other is not None:
                     continue
@@ -955,7 +964,7 @@ class ApiHandler(http.server.BaseHTTPRequestHandler):
         except HttpError as e:
             self.send(e.reply, entry)
             return
-        delays, fault = self.app.take_faults(method, path)
+        delays, fault = self.app.take_faults(method, path, raw)
         for d in delays:
             time.sleep(d["ms"] / 1000)
         if delays:

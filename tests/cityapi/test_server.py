@@ -756,6 +756,20 @@ class FaultTest(ServerTest):
         self.assertEqual(self.api("PUT", f"stations/{STATION}/status", heartbeat())[0], 204)
         self.admin("POST", "/admin/faults", {"kind": "nonsense"}, expect=400)
 
+    def test_body_filter(self):
+        """A fault with "body" hits only the requests whose body matches: every batch
+        that carries one event, none without it."""
+        bad = event(3)
+        self.fault(kind="status", status=422, path="/events$", body=bad["eventId"], count=-1)
+        self.assertProblem(422, self.post_events([event(1), bad]), 422)
+        self.assertProblem(422, self.post_events([bad]), 422)
+        self.assertEqual(self.stored(), [])
+        self.assertEqual(self.post_events([event(1), event(2)])[0], 200)
+        self.assertEqual(self.api("GET", f"stations/{STATION}")[0], 200, "no body, no match")
+        self.assertEqual(self.admin("GET", "/admin/faults")["faults"][0]["hits"], 2)
+        self.admin("POST", "/admin/faults", {"kind": "status", "body": "("}, expect=400)
+        self.admin("POST", "/admin/faults", {"kind": "status", "body": 5}, expect=400)
+
     def test_delay(self):
         self.fault(kind="delay", ms=300, path="/stations/[^/]+$")
         self.fault(kind="status", status=503, path="/stations/[^/]+$")

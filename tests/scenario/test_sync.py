@@ -292,15 +292,34 @@ class TestFaults(SyncTestCase):
         self.assert_events_exactly_once(st)
         self.assert_same_data(st)
 
-    def test_rejected_batch_becomes_dead_letters(self):
+    def refused_as_a_whole(self, status):
+        """The server refuses, as a whole, every batch that carries one event: the
+        station splits its batches until that event goes alone; it alone becomes a
+        dead letter, every other event arrives once."""
         st = self.prepared()
-        self.city.fault("status", path="/events$", status=422)
+        hold = self.city.fault("status", path="/events$", status=503, count=-1)
         st.give_back(UID, 2)
-        wait_until(lambda: st.j("sync", "status")["deadLetters"] > 0, timeout=30,
-                   what="dead letters")
-        s = st.j("sync", "status")
-        self.assertEqual(s["outboxDepth"], 0)
-        self.assert_events_exactly_once(st, dead_letters=True)
+        queued = [r[0] for r in st.db_query(
+            "SELECT event_id FROM outbox JOIN events USING (seq) ORDER BY seq")]
+        self.assertGreater(len(queued), 2, "the test needs a batch of several events")
+        bad = queued[len(queued) // 2]
+        self.city.fault("status", path="/events$", status=status, body=bad, count=-1)
+        self.city.admin("DELETE", "/admin/faults/%d" % hold)
+        st.ctl("sync", "now", "--timeout", "30", check=False)  # ends the 503 back-off
+        wait_until(lambda: st.j("sync", "status")["outboxDepth"] == 0, timeout=30,
+                   what="outbox empty")
+        self.assertEqual(st.db_query("SELECT event_id, http FROM dead_letters"),
+                         [(bad, status)])
+        self.assertEqual(st.j("sync", "status")["deadLetters"], 1)
+        got = self.assert_events_exactly_once(st, dead_letters=True)
+        self.assertNotIn(bad, [e["eventId"] for e in got["events"]])
+        self.assertIn("refused a batch of", st.stderr_text(all_runs=False))
+
+    def test_batch_refused_as_a_whole_loses_only_its_bad_event(self):
+        self.refused_as_a_whole(422)
+
+    def test_batch_too_large_loses_only_the_event_too_large(self):
+        self.refused_as_a_whole(413)
 
     def test_forbidden_halts_until_sync_now(self):
         st = self.prepared()
