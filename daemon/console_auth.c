@@ -24,8 +24,8 @@
 #define MAX_THROTTLE   256
 #define SALT_LEN       16
 #define HASH_LEN       32
-#define SESSION_MAX_S  (12 * 3600) /* absolute lifetime */
-#define THROTTLE_MAX_S (15 * 60)
+#define SESSION_MAX_S  INT64_C(43200) /* 12 h, absolute lifetime */
+#define THROTTLE_MAX_S INT64_C(900)   /* 15 min */
 
 struct account {
     char name[AUTH_NAME_MAX + 1];
@@ -102,7 +102,7 @@ static bool scrypt(const char *password, const uint8_t *salt, int logn, int r, i
 {
     uint64_t n = (uint64_t)1 << logn;
     /* maxmem: 128 * r * N plus room for p. */
-    uint64_t maxmem = 128ull * (uint64_t)r * n * 2 + 1024 * 1024;
+    uint64_t maxmem = 128ull * (uint64_t)r * n * 2 + 1024ull * 1024;
     return EVP_PBE_scrypt(password, strlen(password), salt, SALT_LEN, n, (uint64_t)r, (uint64_t)p,
                           maxmem, out, HASH_LEN) == 1;
 }

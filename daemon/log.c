@@ -143,7 +143,8 @@ __attribute__((format(printf, 3, 0))) static void vlog(enum log_level level, int
     if (len >= sizeof(line) - 1) {
         /* Truncated: leave room for the newline and say so. */
         len = sizeof(line) - 5;
-        memcpy(line + len, "...", 3);
+        /* The line is written by length, not as a C string. */
+        memcpy(line + len, "...", 3); /* NOLINT(bugprone-not-null-terminated-result) */
         len += 3;
     }
 

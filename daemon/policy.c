@@ -362,7 +362,7 @@ bool policy_pin_verify(const char *stored, const char *pin)
 
 int64_t policy_pin_lockout_ms(int n)
 {
-    const int64_t max = 3600 * 1000;
+    const int64_t max = INT64_C(3600) * 1000;
     if (n < 0)
         n = 0;
     if (n > 6)

@@ -46,8 +46,8 @@
 /* The daily open-data summary ([opendata] push, docs/api.md "Daily usage summary"). */
 #define USAGE_META       "opendata.pushed_through" /* the last day the city confirmed */
 #define USAGE_DAYS_BACK  7                         /* never more days than this */
-#define USAGE_AFTER_MS   (2 * 60 * 1000)           /* the timer: this long after midnight */
-#define USAGE_RECHECK_MS (60 * 60 * 1000)          /* and at least hourly (clock changes) */
+#define USAGE_AFTER_MS   INT64_C(120000)           /* the timer: this long after midnight */
+#define USAGE_RECHECK_MS INT64_C(3600000)          /* and at least hourly (clock changes) */
 
 enum op { OP_CONFIG, OP_RESERVATIONS, OP_CREDENTIALS, OP_EVENTS, OP_HEARTBEAT, OP_USAGE, OP_COUNT };
 static const char *const op_names[OP_COUNT] = {"config", "reservations", "credentials",

@@ -28,7 +28,7 @@
 
 #define SYNCMSG_VERSION 1
 /* Largest datagram either side sends or accepts. */
-#define SYNCMSG_MAX (256 * 1024)
+#define SYNCMSG_MAX 262144 /* 256 KiB */
 /* Most fields in one message (an upload batch: 100 event ids plus a few). */
 #define SYNCMSG_MAX_FIELDS 240
 /* Largest item message (a credential with 16 clubs is about 1.5 KiB), and most items

@@ -1748,7 +1748,9 @@ static void done_feed_gone(struct worker *w, struct xfer *x, enum op op, long ht
 
 static void done_upload(struct worker *w, struct xfer *x, long http)
 {
-    enum sync_result results[SYNC_BATCH_MAX];
+    /* sync_parse_upload() fills every entry or fails (each id has exactly one
+     * result); the initialiser is for the static analyser, which cannot see that. */
+    enum sync_result results[SYNC_BATCH_MAX] = {SYNC_RESULT_CREATED};
     char err[256];
 
     if (sync_parse_upload(x->body != NULL ? x->body : "", x->len, (const char *const *)w->up_ids,
