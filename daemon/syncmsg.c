@@ -311,16 +311,17 @@ static bool check_field(const struct syncmsg_field *f, char *why, size_t whylen)
             return fail(why, whylen, "field %s: not clean UTF-8 text", t->name);
         return true;
     case K_ITEM: {
-        /* One level only: an item's own schema has no F_ITEM. The struct is large
-         * for the stack of a fuzzer or a sanitizer build, hence static (each process
-         * decodes from one thread). */
+        /* The type is checked before the decoding: an item's own schema has no
+         * F_ITEM, so this never goes deeper than one level. The struct is large for
+         * the stack of a fuzzer or a sanitizer build, hence static (each process
+         * decodes from one thread, and the level below never comes back here). */
         static struct syncmsg inner;
         char iwhy[120];
+        if (f->data[1] != SM_ITEM_RES && f->data[1] != SM_ITEM_CRED)
+            return fail(why, whylen, "field %s: a %s message", t->name,
+                        syncmsg_type_name((enum syncmsg_type)f->data[1]));
         if (syncmsg_decode(f->data, f->len, &inner, iwhy, sizeof iwhy) < 0)
             return fail(why, whylen, "field %s: %s", t->name, iwhy);
-        if (inner.type != SM_ITEM_RES && inner.type != SM_ITEM_CRED)
-            return fail(why, whylen, "field %s: a %s message", t->name,
-                        syncmsg_type_name(inner.type));
         return true;
     }
     }
