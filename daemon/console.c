@@ -28,7 +28,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <grp.h>
 #include <netinet/in.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -66,6 +68,7 @@ static struct {
     const char *cert;
     const char *key;
     const char *listen;
+    const char *user;
     int idle_s;
 } opt = {
     .socket = "/run/lockerd/control.sock",
@@ -74,6 +77,7 @@ static struct {
     .cert = "/etc/lockerd/console.crt",
     .key = "/etc/lockerd/console.key",
     .listen = DEFAULT_LISTEN,
+    .user = "lockerd-console",
     .idle_s = 900,
 };
 
@@ -648,11 +652,47 @@ static void usage(FILE *fp)
 {
     fprintf(fp,
             "usage: lockerd-console [-l ADDR:PORT] [-s SOCKET] [-d DIR] [-a ACCOUNTS]\n"
-            "                       [--cert PEM] [--key PEM] [--idle SECONDS]\n"
+            "                       [--cert PEM] [--key PEM] [--idle SECONDS] [--user NAME]\n"
             "       lockerd-console [-a ACCOUNTS] --add-account NAME manager|technician\n"
             "                       (the password is read from standard input)\n"
-            "defaults: -l %s -s %s -d %s -a %s --cert %s --key %s --idle %d\n",
-            DEFAULT_LISTEN, opt.socket, opt.dir, opt.accounts, opt.cert, opt.key, opt.idle_s);
+            "defaults: -l %s -s %s -d %s -a %s --cert %s --key %s --idle %d --user %s\n",
+            DEFAULT_LISTEN, opt.socket, opt.dir, opt.accounts, opt.cert, opt.key, opt.idle_s,
+            opt.user);
+}
+
+/* Started as root (by hand: the unit starts it as its own user already), the
+ * console would answer the network as root. Once its port is bound and its
+ * certificate and key are read, it becomes `--user` with that user's groups (for
+ * lockerd-console, lockerd-admin: the control socket). `--user root` keeps root,
+ * said in the log (a test in a container). */
+static void drop_root(const char *name)
+{
+    if (geteuid() != 0)
+        return;
+    struct passwd *pw = getpwnam(name);
+    if (pw == NULL)
+        fatalx("running as root, and there is no user '%s' to become: create it "
+               "(systemd-sysusers) or name another with --user",
+               name);
+    if (pw->pw_uid == 0) {
+        log_warnx("serving as root (--user %s)", name);
+        return;
+    }
+    if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+        fatal("cannot become user %s", name);
+    if (setuid(0) == 0)
+        fatalx("could become root again after becoming %s", name);
+    log_info("running as user %s", name);
+}
+
+/* The listening socket, bound before root is given up (a port below 1024). */
+static int listen_on(const struct sockaddr_in *sa)
+{
+    int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        bind(fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 || listen(fd, 64) < 0)
+        fatal("cannot listen on %s", opt.listen);
+    return fd;
 }
 
 static int add_account(const char *name, const char *role)
@@ -677,11 +717,17 @@ static int add_account(const char *name, const char *role)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"listen", required_argument, NULL, 'l'}, {"socket", required_argument, NULL, 's'},
-        {"dir", required_argument, NULL, 'd'},    {"accounts", required_argument, NULL, 'a'},
-        {"cert", required_argument, NULL, 'C'},   {"key", required_argument, NULL, 'K'},
-        {"idle", required_argument, NULL, 'i'},   {"add-account", no_argument, NULL, 'A'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"listen", required_argument, NULL, 'l'},
+        {"socket", required_argument, NULL, 's'},
+        {"dir", required_argument, NULL, 'd'},
+        {"accounts", required_argument, NULL, 'a'},
+        {"cert", required_argument, NULL, 'C'},
+        {"key", required_argument, NULL, 'K'},
+        {"idle", required_argument, NULL, 'i'},
+        {"add-account", no_argument, NULL, 'A'},
+        {"user", required_argument, NULL, 'U'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     bool adding = false;
     int ch;
@@ -711,6 +757,9 @@ int main(int argc, char **argv)
             break;
         case 'A':
             adding = true;
+            break;
+        case 'U':
+            opt.user = optarg;
             break;
         case 'h':
             usage(stdout);
@@ -744,6 +793,8 @@ int main(int argc, char **argv)
     auth_set_idle(opt.idle_s);
     char *cert = slurp(opt.cert);
     char *key = slurp(opt.key);
+    int lfd = listen_on(&sa);
+    drop_root(opt.user);
 
     sigset_t set;
     sigemptyset(&set);
@@ -756,14 +807,13 @@ int main(int argc, char **argv)
     struct MHD_Daemon *d = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION | MHD_USE_TLS |
             MHD_USE_ERROR_LOG,
-        0, NULL, NULL, handler, NULL, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&sa,
-        MHD_OPTION_HTTPS_MEM_CERT, cert, MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_PRIORITIES,
+        0, NULL, NULL, handler, NULL, MHD_OPTION_LISTEN_SOCKET, lfd, MHD_OPTION_HTTPS_MEM_CERT,
+        cert, MHD_OPTION_HTTPS_MEM_KEY, key, MHD_OPTION_HTTPS_PRIORITIES,
         "SECURE128:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2", MHD_OPTION_CONNECTION_LIMIT, (unsigned)64,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned)16, MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned)150, MHD_OPTION_NOTIFY_COMPLETED, completed, NULL, MHD_OPTION_END);
     if (!d)
-        fatalx("cannot serve HTTPS on %s (address in use, or a bad certificate or key)",
-               opt.listen);
+        fatalx("cannot serve HTTPS on %s (a bad certificate or key?)", opt.listen);
     log_info("serving the manager console on https://%s/ for lockerd at %s", opt.listen,
              opt.socket);
     int sig = 0;

@@ -136,7 +136,9 @@ async function main() {
     const port = await freePort();
     const log = fs.openSync(path.join(dir, "console.log"), "w");
     proc = spawn(CONSOLE, ["-l", "127.0.0.1:" + port, "-s", st.sock, "-d", path.join(REPO, "ui", "console"), "-a", accounts,
-      "--cert", path.join(dir, "cert.pem"), "--key", path.join(dir, "key.pem")], { stdio: ["ignore", "ignore", log] });
+      "--cert", path.join(dir, "cert.pem"), "--key", path.join(dir, "key.pem"),
+      // As root (CI), stay root: the test's lockerd and its socket are root's.
+      "--user", os.userInfo().username], { stdio: ["ignore", "ignore", log] });
     fs.closeSync(log);
     await waitFor("the console to answer", async () => (await request(port, "GET", "/")).status === 200, T);
     const base = "https://127.0.0.1:" + port + "/";
