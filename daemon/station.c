@@ -1129,7 +1129,7 @@ static void note_open(struct station *st, int n)
 {
     st->note.active = true;
     st->note.compartment = n;
-    st->note.until_ms = clock_mono_ms() + STATION_NOTE_WINDOW_MS;
+    st->note.until_ms = clock_mono_ms() + (int64_t)STATION_NOTE_WINDOW_MS;
     st->note.used = 0;
     random_nonce(st->note.nonce);
 }

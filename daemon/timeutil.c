@@ -201,13 +201,9 @@ bool time_parse_iso(const char *s, int64_t *ms_out)
         s++;
         if (!take_digits(&s, 2, &off_h))
             return false;
-        if (take_char(&s, ':')) {
-            if (!take_digits(&s, 2, &off_m))
-                return false;
-        } else if (*s != '\0') {
-            if (!take_digits(&s, 2, &off_m))
-                return false;
-        }
+        /* "+hh:mm", "+hhmm" or just "+hh". */
+        if ((take_char(&s, ':') || *s != '\0') && !take_digits(&s, 2, &off_m))
+            return false;
     }
     if (*s != '\0')
         return false;

@@ -45,12 +45,12 @@
 #include "daemon/clock.h"
 #include "daemon/log.h"
 
-#define UI_MAX_CLIENTS  4            /* SSE streams: one screen, plus room for a reload */
-#define UI_MAX_CONNS    16           /* all HTTP connections */
-#define UI_CONN_TIMEOUT 30           /* seconds without traffic before MHD closes */
-#define UI_HEARTBEAT_MS 15000        /* SSE comment; also finds clients that went away */
-#define UI_POLL_MS      250          /* status look while a door is unlocking or open */
-#define UI_CLIENT_BUF   (256 * 1024) /* a client further behind than this is dropped */
+#define UI_MAX_CLIENTS  4                    /* SSE streams: one screen, plus room for a reload */
+#define UI_MAX_CONNS    16                   /* all HTTP connections */
+#define UI_CONN_TIMEOUT 30                   /* seconds without traffic before MHD closes */
+#define UI_HEARTBEAT_MS 15000                /* SSE comment; also finds clients that went away */
+#define UI_POLL_MS      250                  /* status look while a door is unlocking or open */
+#define UI_CLIENT_BUF   ((size_t)256 * 1024) /* a client further behind than this is dropped */
 #define UI_EVENT_BATCH  64
 #define UI_SPEAK_MAX    600  /* bytes of text per spoken prompt */
 #define UI_RETRY_MS     2000 /* EventSource reconnect delay */
@@ -540,11 +540,9 @@ static ssize_t sse_read(void *cls, uint64_t pos, char *buf, size_t max)
 
 static void heartbeat_arm(struct ui *ui);
 
-static void sse_free(void *cls)
+/* Unlinks client c from ui's list and frees it. */
+static void client_free(struct ui *ui, struct sse_client *c)
 {
-    struct sse_client *c = cls;
-    struct ui *ui = c->ui;
-
     for (struct sse_client **pp = &ui->clients; *pp != NULL; pp = &(*pp)->next) {
         if (*pp == c) {
             *pp = c->next;
@@ -558,6 +556,13 @@ static void sse_free(void *cls)
         loop_remove(ui->loop, ui->heartbeat_timer);
         ui->heartbeat_timer = 0;
     }
+}
+
+/* MHD's free callback of an event stream's response: its connection ended. */
+static void sse_free(void *cls)
+{
+    struct sse_client *c = cls;
+    client_free(c->ui, c);
 }
 
 static void on_heartbeat(void *arg)
@@ -1121,7 +1126,7 @@ static void server_stop(struct ui *ui)
         ui->stopping = false;
     }
     while (ui->clients != NULL)
-        sse_free(ui->clients);
+        client_free(ui, ui->clients);
     static const size_t timers[] = {
         offsetof(struct ui, mhd_timer), offsetof(struct ui, flush_timer),
         offsetof(struct ui, heartbeat_timer), offsetof(struct ui, poll_timer)};

@@ -874,22 +874,31 @@ static int repair_half_issued(nfc_device *dev, MifareTag tag, MifareDESFireAID a
 
     if (kzero == NULL || picc == NULL) {
         rc = -ENOMEM;
-    } else if (mifare_desfire_select_application(tag, aid) < 0) {
-        rc = ff_error(dev, tag, errno);
-    } else if (mifare_desfire_authenticate_aes(tag, KEY_APP_MASTER, kzero) < 0) {
-        rc = ff_error(dev, tag, errno) == -EIO ? -EIO : -EEXIST;
-    } else if (mifare_desfire_select_application(tag, NULL) < 0) {
-        rc = ff_error(dev, tag, errno);
-    } else if (mifare_desfire_authenticate(tag, 0, picc) < 0) {
-        rc = ff_error(dev, tag, errno) == -EIO ? -EIO : -EACCES;
-    } else if (mifare_desfire_delete_application(tag, aid) < 0) {
-        rc = ff_error(dev, tag, errno);
-    } else {
-        log_notice("card: deleted a half-issued application %06X (master key still the "
-                   "default); issuing again",
-                   (unsigned)mifare_desfire_aid_get_aid(aid));
-        rc = -ENOENT;
+        goto out;
     }
+    if (mifare_desfire_select_application(tag, aid) < 0)
+        goto card_error;
+    if (mifare_desfire_authenticate_aes(tag, KEY_APP_MASTER, kzero) < 0) {
+        rc = ff_error(dev, tag, errno) == -EIO ? -EIO : -EEXIST;
+        goto out;
+    }
+    if (mifare_desfire_select_application(tag, NULL) < 0)
+        goto card_error;
+    if (mifare_desfire_authenticate(tag, 0, picc) < 0) {
+        rc = ff_error(dev, tag, errno) == -EIO ? -EIO : -EACCES;
+        goto out;
+    }
+    if (mifare_desfire_delete_application(tag, aid) < 0)
+        goto card_error;
+    log_notice("card: deleted a half-issued application %06X (master key still the "
+               "default); issuing again",
+               (unsigned)mifare_desfire_aid_get_aid(aid));
+    rc = -ENOENT;
+    goto out;
+
+card_error: /* a select or the delete failed; errno is still the call's */
+    rc = ff_error(dev, tag, errno);
+out:
     mifare_desfire_key_free(kzero);
     mifare_desfire_key_free(picc);
     return rc;

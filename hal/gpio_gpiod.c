@@ -302,10 +302,12 @@ static int hw_set(struct gd_line *l, int value)
 
 /* Reads up to max pending edges of input l: levels[] the logical level after each
  * edge, ts[] its kernel timestamp (CLOCK_MONOTONIC on kernels since 5.7; older ones
- * stamp v1 events with the wall clock). Returns the count, -EAGAIN if none was
- * pending, or -errno. */
-static int hw_read_edges(struct gpio_dev *dev, struct gd_line *l, int *levels, int64_t *ts, int max)
+ * stamp v1 events with the wall clock). Sets *count to the edges read (0 on an
+ * error) and returns 0, -EAGAIN if none was pending, or -errno. */
+static int hw_read_edges(struct gpio_dev *dev, struct gd_line *l, int *levels, int64_t *ts, int max,
+                         int *count)
 {
+    *count = 0;
 #ifdef HAVE_LIBGPIOD_V2
     int n = gpiod_line_request_read_edge_events(l->req, dev->evbuf, (size_t)max);
     if (n < 0)
@@ -315,7 +317,6 @@ static int hw_read_edges(struct gpio_dev *dev, struct gd_line *l, int *levels, i
         levels[i] = gpiod_edge_event_get_event_type(ev) == GPIOD_EDGE_EVENT_RISING_EDGE;
         ts[i] = (int64_t)gpiod_edge_event_get_timestamp_ns(ev);
     }
-    return n;
 #else
     struct gpiod_line_event evs[EVENT_BATCH];
     (void)dev;
@@ -329,8 +330,9 @@ static int hw_read_edges(struct gpio_dev *dev, struct gd_line *l, int *levels, i
         levels[i] = evs[i].event_type == GPIOD_LINE_EVENT_RISING_EDGE;
         ts[i] = (int64_t)evs[i].ts.tv_sec * 1000000000 + evs[i].ts.tv_nsec;
     }
-    return n;
 #endif
+    *count = n;
+    return 0;
 }
 
 static int hw_events_init(struct gpio_dev *dev)
@@ -422,13 +424,15 @@ static int cmp_int(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-/* Numbers N of /dev/gpiochipN, ascending, so name lookups are repeatable. */
-static int list_chips(int *nums, int max)
+/* Numbers N of /dev/gpiochipN, ascending, so name lookups are repeatable: sets
+ * *count to how many (0 on an error) and returns 0 or -errno. */
+static int list_chips(int *nums, int max, int *count)
 {
     DIR *d = opendir("/dev");
     struct dirent *e;
     int n = 0;
 
+    *count = 0;
     if (!d)
         return -errno;
     while ((e = readdir(d)) != NULL && n < max) {
@@ -440,7 +444,8 @@ static int list_chips(int *nums, int max)
     }
     closedir(d);
     qsort(nums, (size_t)n, sizeof(nums[0]), cmp_int);
-    return n;
+    *count = n;
+    return 0;
 }
 
 /* Opens every chip in order and calls fn until it returns non-negative; returns
@@ -448,12 +453,12 @@ static int list_chips(int *nums, int max)
  * broken chip must not hide a working one. */
 static int each_chip(struct gpio_dev *dev, int (*fn)(struct gpio_dev *, int, void *), void *arg)
 {
-    int nums[GPIOD_MAX_CHIPS];
-    int n = list_chips(nums, GPIOD_MAX_CHIPS);
+    int nums[GPIOD_MAX_CHIPS], n;
+    int err = list_chips(nums, GPIOD_MAX_CHIPS, &n);
     char path[32];
 
-    if (n < 0)
-        return n;
+    if (err < 0)
+        return err;
     for (int i = 0; i < n; i++) {
         snprintf(path, sizeof(path), "/dev/gpiochip%d", nums[i]);
         int c = chip_by_path(dev, path);
@@ -792,21 +797,21 @@ static int read_line(struct gpio_dev *dev, int idx)
     struct gd_line *l = &dev->lines[idx];
     int levels[EVENT_BATCH];
     int64_t ts[EVENT_BATCH];
-    int count = 0;
+    int n, count = 0;
 
     if (l->event_fd < 0)
         return 0;
-    int n = hw_read_edges(dev, l, levels, ts, EVENT_BATCH);
-    if (n == -EAGAIN || n == -EINTR)
+    int err = hw_read_edges(dev, l, levels, ts, EVENT_BATCH, &n);
+    if (err == -EAGAIN || err == -EINTR)
         return 0;
-    if (n < 0) {
+    if (err < 0) {
         /* Level-triggered epoll would report a dead fd forever: stop watching it
          * and say so loudly, a sensor that no longer reports is a fault. */
         log_errx("gpiod: reading edges of %s failed: %s; no longer watching it", l->name,
-                 strerror(-n));
+                 strerror(-err));
         epoll_ctl(dev->epfd, EPOLL_CTL_DEL, l->event_fd, NULL);
         l->event_fd = -1;
-        return n;
+        return err;
     }
     if (soft_debounce(dev) && n > 0) {
         /* Only the level that outlasts the bounce counts: read it at the deadline.

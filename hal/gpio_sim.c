@@ -114,9 +114,10 @@ static void log_output(struct gpio_dev *dev, const struct sim_line *l, const cha
         if (raw / 1000000 == raw2 / 1000000 || tries == 3)
             break;
     }
+    int64_t sim_ns = raw + off * 1000000;
     char buf[160];
     int n = snprintf(buf, sizeof(buf), "%lld %lld %s %d %s\n", (long long)clock_wall_ms(),
-                     (long long)(raw + off * 1000000), l->name, l->value, why);
+                     (long long)sim_ns, l->name, l->value, why);
     /* O_APPEND and one write per line: lines from successive daemon runs never mix. */
     if (dev->log_fd >= 0 && write(dev->log_fd, buf, (size_t)n) != n)
         log_warn("gpio-sim: cannot append to output log");

@@ -1229,7 +1229,7 @@ static int cmd_sync_now(struct ctl *ctl, int argc, char **argv)
                     (long long)cycle, secs);
             return EXIT_REFUSED;
         }
-        struct timespec tick = {0, 50 * 1000 * 1000};
+        struct timespec tick = {0, 50L * 1000 * 1000};
         nanosleep(&tick, NULL);
     }
 }

@@ -62,9 +62,9 @@ extern char **environ;
 #define RENEW_DAYS          30 /* a certificate valid for less than this is renewed */
 #define SITE_KEY_LEN        32 /* as lockerd makes it (daemon/main.c) */
 #define SITE_KEY_MIN        16
-#define FILE_MAX            (256 * 1024) /* config, template, PEM files */
-#define BODY_MAX            (256 * 1024) /* an answer of the city API */
-#define OUTPUT_MAX          (64 * 1024)  /* what lockerd -n prints */
+#define FILE_MAX            ((size_t)256 * 1024) /* config, template, PEM files */
+#define BODY_MAX            ((size_t)256 * 1024) /* an answer of the city API */
+#define OUTPUT_MAX          ((size_t)64 * 1024)  /* what lockerd -n prints */
 #define HTTP_TIMEOUT_MS     60000L
 #define HTTP_CONNECT_MS     15000L
 #define NAME_MAX_BYTES      127
@@ -1059,7 +1059,7 @@ static bool https(const char *url, const char *ca, const char *cert, const char 
     OPENSSL_cleanse(auth, sizeof auth);
     if (h->rc != CURLE_OK) {
         if (h->too_big)
-            snprintf(h->err, sizeof h->err, "the answer is larger than %d bytes", BODY_MAX);
+            snprintf(h->err, sizeof h->err, "the answer is larger than %zu bytes", BODY_MAX);
         else if (h->err[0] == '\0')
             snprintf(h->err, sizeof h->err, "%s", curl_easy_strerror(h->rc));
         return false;
