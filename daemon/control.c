@@ -728,6 +728,48 @@ static json_t *cmd_member_join(struct client *cl, json_t *args, struct cmd_err *
     return json_pack("{s:s}", "id", member);
 }
 
+/* A member's PIN for card + PIN pickups ([policy] pin_required, [compartment.N]
+ * pin). It arrives over the control socket (0660, group lockerd-admin), is checked
+ * and hashed here (PBKDF2, as lockerd -P does) and never logged; "" removes it.
+ * Setting a PIN ends a lockout. The change is an event (member.pinSet or
+ * member.pinRemoved, with the operator), the PIN itself is in none. */
+static json_t *cmd_member_pin(struct client *cl, json_t *args, struct cmd_err *err)
+{
+    const char *member = arg_id(args, "member", err);
+    if (!member)
+        return NULL;
+    const char *pin = json_string_value(json_object_get(args, "pin"));
+    if (pin == NULL)
+        return fail(err, "bad_request", "give the PIN (\"pin\"; an empty one removes it)");
+    bool set = pin[0] != '\0';
+    if (set && !policy_pin_valid(pin))
+        return fail(err, "bad_request", "a PIN is 4 to 8 digits");
+    struct store *s = cl->ctl->store;
+    struct member m;
+    int rc = store_member_get(s, member, &m);
+    if (rc == STORE_NOTFOUND)
+        return fail(err, "not_found", "no member '%s'", member);
+    char hash[POLICY_PIN_HASH_MAX];
+    if (rc != STORE_OK || (set && !policy_pin_hash(pin, hash, sizeof hash)))
+        return fail(err, "internal_error", "cannot hash the PIN");
+    struct event ev = {.member_id = member};
+    bool ok = store_begin(s) == STORE_OK;
+    if (ok) {
+        rc = store_pin_set(s, member, set ? hash : NULL, clock_wall_ms());
+        ok = (rc == STORE_OK || (!set && rc == STORE_NOTFOUND)) &&
+             (set ? audit(cl, "member.pinSet", &ev) : audit(cl, "member.pinRemoved", &ev));
+        /* A failed commit has rolled back by itself. */
+        if (!ok)
+            store_rollback(s);
+        else
+            ok = store_commit(s) == STORE_OK;
+    }
+    OPENSSL_cleanse(hash, sizeof hash);
+    if (!ok)
+        return fail(err, "internal_error", "database error");
+    return json_pack("{s:s,s:s}", "id", member, "pin", set ? "set" : "removed");
+}
+
 /* Right of access: everything held about a member. The export itself is recorded
  * (member.exported), so that who looked at whose data is accountable. */
 static json_t *cmd_member_export(struct client *cl, json_t *args, struct cmd_err *err)
@@ -1376,6 +1418,7 @@ static const struct command commands[] = {
     {"club.add", ROLE_MANAGER, cmd_club_add},
     {"member.add", ROLE_MANAGER, cmd_member_add},
     {"member.join", ROLE_MANAGER, cmd_member_join},
+    {"member.pin", ROLE_MANAGER, cmd_member_pin},
     {"member.export", ROLE_MANAGER, cmd_member_export},
     {"member.erase", ROLE_TECHNICIAN, cmd_member_erase},
     {"report", ROLE_MANAGER, cmd_report},

@@ -17,6 +17,7 @@
 #include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -579,6 +580,61 @@ static int cmd_member_export(struct ctl *ctl, int argc, char **argv)
     int rc = expect(argc, argv, NULL, NULL, pos, 1);
     /* The export is JSON for people too: it is meant to be handed over as it is. */
     return rc ? rc : simple(ctl, "member.export", json_pack("{s:s}", "member", pos[0]), NULL);
+}
+
+/* One line of standard input into buf, without its newline; on a terminal after a
+ * prompt and without echo. False at end of input. */
+static bool read_secret(const char *prompt, char *buf, size_t len)
+{
+    struct termios old, quiet;
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+    if (tty) {
+        fprintf(stderr, "%s", prompt);
+        quiet = old;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    }
+    bool ok = fgets(buf, (int)len, stdin) != NULL;
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+        fputc('\n', stderr);
+    }
+    if (ok)
+        buf[strcspn(buf, "\r\n")] = '\0';
+    return ok;
+}
+
+static void print_pin(json_t *r)
+{
+    printf("PIN of %s %s\n", json_string_value(json_object_get(r, "id")),
+           json_string_value(json_object_get(r, "pin")));
+}
+
+/* The PIN is read from standard input (on a terminal twice, without echo), never
+ * from the command line, where every user could see it in the process list. */
+static int cmd_member_pin(struct ctl *ctl, int argc, char **argv)
+{
+    static const char *const flags[] = {"--remove", NULL};
+    char *pos[1] = {NULL};
+    int rc = expect(argc, argv, NULL, flags, pos, 1);
+    if (rc)
+        return rc;
+    char pin[64] = "", again[64] = "";
+    bool remove = opt_flag(argc, argv, "--remove");
+    if (!remove) {
+        if (!read_secret("PIN (4 to 8 digits): ", pin, sizeof pin) || pin[0] == '\0')
+            return usage_error("%s", "no PIN on standard input (--remove removes it)");
+        if (isatty(STDIN_FILENO) && (!read_secret("the same PIN again: ", again, sizeof again) ||
+                                     strcmp(pin, again) != 0)) {
+            explicit_bzero(pin, sizeof pin);
+            explicit_bzero(again, sizeof again);
+            return usage_error("%s", "the two PINs differ; nothing changed");
+        }
+    }
+    rc = simple(ctl, "member.pin", json_pack("{s:s,s:s}", "member", pos[0], "pin", pin), print_pin);
+    explicit_bzero(pin, sizeof pin);
+    explicit_bzero(again, sizeof again);
+    return rc;
 }
 
 static void print_erased(json_t *r)
@@ -1504,6 +1560,8 @@ static const struct cmd commands[] = {
      "add a member; prints the member id", cmd_member_add},
     {"member", "join", "MEMBER --club CLUB [--club CLUB...]", "add a member to more clubs",
      cmd_member_join},
+    {"member", "pin", "MEMBER [--remove]",
+     "set a member's PIN for card + PIN (read from standard input), or remove it", cmd_member_pin},
     {"member", "export", "MEMBER",
      "everything the station holds about a member, as JSON (managers)", cmd_member_export},
     {"member", "erase", "MEMBER --reason TEXT",

@@ -335,13 +335,14 @@ class Station:
 
     # ------------------------------------------------------------ lockerctl
 
-    def ctl_raw(self, *args, json_out=True, socket=None, timeout=30):
+    def ctl_raw(self, *args, json_out=True, socket=None, timeout=30, input=None):
+        """input: text for lockerctl's standard input (else /dev/null)."""
         argv = [LOCKERCTL, "-s", socket or self.sock]
         if json_out:
             argv.append("--json")
         argv += [str(a) for a in args]
-        p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, env=self.env,
-                           timeout=timeout)
+        stdin = {"input": input.encode()} if input is not None else {"stdin": subprocess.DEVNULL}
+        p = subprocess.run(argv, capture_output=True, env=self.env, timeout=timeout, **stdin)
         return CtlResult([str(a) for a in args], p.returncode,
                          p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace"))
 

@@ -200,6 +200,44 @@ class PinTest(StationTestCase):
         self.assertTrue(rows[0][0].startswith("pbkdf2-sha256$50000$"))
         self.assertNotIn("2468", rows[0][0])
 
+    def test_set_with_lockerctl(self):
+        """lockerctl member pin: the PIN from stdin, checked and hashed by lockerd,
+        the change recorded with its operator and never with the PIN."""
+        st = self.st
+        other = st.setup_booking(club="club-n", compartment=3, uid="04A1B2C3D4E5C3")
+        m = other["member"]
+        seq0 = st.last_seq()
+        r = st.ctl("member", "pin", m, input="8642\n")
+        self.assertEqual(r.data, {"id": m, "pin": "set"})
+        ev = st.wait_event("member.pinSet", since=seq0)
+        self.assertEqual(ev.get("member"), m)
+        self.assertTrue(ev.get("operator"))
+        st.tap(other["uid"])
+        self.assertEqual(self.pin("8642"), (200, {"result": "ok"}))
+        st.door(3, "open")
+        st.key(3, "take")
+        st.door(3, "close")
+        st.tap(other["uid"])  # the key back: no PIN for a return
+        st.door(3, "open")
+        st.key(3, "put")
+        st.door(3, "close")
+        # Refused without a change: not 4 to 8 digits, no PIN at all, an unknown member.
+        for pin, code in (("12\n", "bad_request"), ("12ab\n", "bad_request"),
+                          ("123456789\n", "bad_request")):
+            r = st.ctl("member", "pin", m, input=pin, check=False)
+            self.assertNotEqual(r.rc, 0)
+            self.assertEqual(r.data["error"]["code"], code, r)
+        self.assertNotEqual(st.ctl("member", "pin", m, input="", check=False).rc, 0)
+        r = st.ctl("member", "pin", "no-such-member", input="1234\n", check=False)
+        self.assertEqual(r.data["error"]["code"], "not_found", r)
+        self.assertEqual(st.ctl("member", "pin", m, "--remove").data, {"id": m, "pin": "removed"})
+        st.wait_event("member.pinRemoved", since=seq0)
+        self.assertEqual(st.tap(other["uid"]).get("reason"), "pin-not-set")
+        # The PIN is in no event and in no log line.
+        for e in st.events():
+            self.assertNotIn("8642", json.dumps(e))
+        self.assertNotIn("8642", st.stderr_text())
+
     def test_input_must_come_from_the_page(self):
         st = self.st
         st.tap(self.b["uid"])
