@@ -9,7 +9,9 @@
 // PIN goes to POST api/pin with the nonce of the tap from the status (status.pin),
 // and only access.granted (after the right PIN) leads on to "granted". Condition
 // notes: after a return the "done" view offers one-touch notes while the status
-// has a note window (status.note), posted to api/note with its nonce.
+// has a note window (status.note), posted to api/note with its nonce. The free
+// text is typed on an on-screen keyboard (the station has none): it opens when
+// the field is touched.
 "use strict";
 
 (function () {
@@ -39,6 +41,8 @@
     pinMsg: "",
     notesSent: {},
     notesMsg: "",
+    kbdOpen: false,
+    kbdShift: false,
   };
   // For tests and the latency benchmark: what was painted when.
   window.kioskPaints = [];
@@ -337,7 +341,13 @@
   function renderNotes(v) {
     var box = $("notes");
     box.hidden = !v.notes;
-    if (box.hidden) { S.notesSent = {}; S.notesMsg = ""; return; }
+    if (box.hidden) {
+      S.notesSent = {}; S.notesMsg = "";
+      S.kbdOpen = S.kbdShift = false;
+      if ($("note-text").value) $("note-text").value = ""; // nothing left for the next person
+      renderKeyboard(false);
+      return;
+    }
     setText($("notes-title"), t("notes.title"));
     Array.prototype.forEach.call(box.querySelectorAll("[data-note]"), function (b) {
       setText(b, t("notes." + b.dataset.note));
@@ -345,9 +355,11 @@
       b.disabled = !!S.notesSent[b.dataset.note];
     });
     setText($("note-text-label"), t("notes.other"));
+    if ($("note-text").placeholder !== t("notes.placeholder")) $("note-text").placeholder = t("notes.placeholder");
     setText($("note-send"), t("notes.send"));
     $("note-send").disabled = !!S.notesSent.other;
     setText($("notes-msg"), S.notesMsg);
+    renderKeyboard(S.kbdOpen);
   }
 
   function sendNote(code, text) {
@@ -370,8 +382,94 @@
     if (b.dataset.note) sendNote(b.dataset.note);
     else if (b.id === "note-send") {
       var text = $("note-text").value.replace(/[\u0000-\u001f\u007f]/g, "").trim().slice(0, 200);
-      if (text) { sendNote("other", text); $("note-text").value = ""; }
+      if (text) { closeKeyboard(); sendNote("other", text); $("note-text").value = ""; }
     }
+  }
+
+  // ---------------------------------------------------------------- on-screen keyboard
+
+  // German QWERTZ, built once into #kbd; rows of a 24-column grid (kiosk.css). The
+  // shift key makes the next letter a capital. The keys do not take the focus from
+  // the field (their mousedown is cancelled), so the text goes where its caret is.
+  var KBD_ROWS = ["1234567890ß", "qwertzuiopü", "asdfghjklöä", "yxcvbnm,.-", "!?"];
+
+  // A character key (ch) or a function key (id, also its class for kiosk.css).
+  function kbdKey(row, ch, id, label) {
+    var b = document.createElement("button");
+    b.type = "button";
+    if (ch) b.dataset.key = ch;
+    if (id) b.id = b.className = id;
+    b.textContent = label || ch || "";
+    row.appendChild(b);
+  }
+
+  function buildKeyboard() {
+    KBD_ROWS.forEach(function (keys, i) {
+      var row = document.createElement("div");
+      row.className = "kbd-row";
+      if (i === 3) kbdKey(row, "", "kbd-shift", "⇧");
+      keys.split("").forEach(function (ch) { kbdKey(row, ch); });
+      if (i === 0) kbdKey(row, "", "kbd-back", "⌫");
+      if (i === 4) { kbdKey(row, "", "kbd-space"); kbdKey(row, "", "kbd-close"); }
+      $("kbd").appendChild(row);
+    });
+  }
+
+  function upper(ch) { var u = ch.toUpperCase(); return u.length === 1 ? u : ch; } // ß stays ß
+
+  function renderKeyboard(open) {
+    var kbd = $("kbd");
+    kbd.hidden = !open;
+    $("message").classList.toggle("typing", open);
+    if (!open) return;
+    kbd.setAttribute("aria-label", t("kbd.label"));
+    Array.prototype.forEach.call(kbd.querySelectorAll("[data-key]"), function (b) {
+      setText(b, S.kbdShift ? upper(b.dataset.key) : b.dataset.key);
+    });
+    $("kbd-shift").setAttribute("aria-pressed", S.kbdShift ? "true" : "false");
+    $("kbd-shift").setAttribute("aria-label", t("kbd.shift"));
+    $("kbd-back").setAttribute("aria-label", t("kbd.backspace"));
+    setText($("kbd-space"), t("kbd.space"));
+    setText($("kbd-close"), t("kbd.close"));
+  }
+
+  function openKeyboard() {
+    if (S.kbdOpen || $("notes").hidden) return;
+    S.kbdOpen = true;
+    render(false);
+  }
+
+  function closeKeyboard() {
+    S.kbdOpen = S.kbdShift = false;
+    $("note-text").blur();
+    render(false);
+  }
+
+  // Replaces the field's selection with s (backspace: s is "" and an empty
+  // selection takes the character before the caret); maxlength holds.
+  function typeInto(s, back) {
+    var f = $("note-text");
+    var a = f.selectionStart, z = f.selectionEnd;
+    if (back && a === z) a = Math.max(0, a - 1);
+    if (f.value.length - (z - a) + s.length > f.maxLength) return;
+    f.setRangeText(s, a, z, "end");
+    if (f.selectionEnd === f.value.length) f.scrollLeft = f.scrollWidth; // the end of a long text in sight
+  }
+
+  function onKbdKey(e) {
+    var b = e.target.closest("button");
+    if (!b || !S.kbdOpen) return;
+    // A tap (not Enter on a focused key) puts the focus back into the field, e.g.
+    // after the language button: its caret and the end of a long text stay in sight.
+    if (e.detail > 0 && b.id !== "kbd-close") $("note-text").focus();
+    if (b.dataset.key) {
+      typeInto(S.kbdShift ? upper(b.dataset.key) : b.dataset.key);
+      S.kbdShift = false;
+    } else if (b.id === "kbd-space") typeInto(" ");
+    else if (b.id === "kbd-back") typeInto("", true);
+    else if (b.id === "kbd-shift") S.kbdShift = !S.kbdShift;
+    else if (b.id === "kbd-close") { closeKeyboard(); return; }
+    render(false);
   }
 
   function renderAlarms() {
@@ -568,6 +666,11 @@
     $("pinpad").addEventListener("click", onPinKey);
     $("pinpad").addEventListener("submit", function (e) { e.preventDefault(); });
     $("notes").addEventListener("click", onNoteKey);
+    buildKeyboard();
+    $("kbd").addEventListener("click", onKbdKey);
+    $("kbd").addEventListener("mousedown", function (e) { e.preventDefault(); }); // the focus stays in the field
+    // On the tap's click, not its focus: the screen changes only once the tap is over.
+    $("note-text").addEventListener("click", openKeyboard);
     // The clock and the countdowns; also ends outcomes that timed out.
     S.tick = setInterval(function () { if (S.connected) render(false); }, 500);
     loadCatalogues().then(function () {

@@ -8,7 +8,9 @@
 // alarm, the screen must say the catalogue's words, in German and after one touch
 // in English; axe-core must find no WCAG 2.1 A/AA violation in any of these
 // views; nothing the server sends may carry a member, club or card id; the page
-// must show "out of service" when lockerd stops and recover when it is back.
+// must show "out of service" when lockerd stops and recover when it is back. On a
+// second station with PINs: the PIN pad, and condition notes, the free text typed
+// on the on-screen keyboard.
 // Screenshots at 800x480 and 1024x600 go to tests/artefacts/ui/.
 //
 // Exit status: 0 all passed, 1 a check failed, 77 skipped (no browser or modules).
@@ -114,7 +116,8 @@ async function axe(page, name) {
   axeSeen.add(name);
 }
 
-async function shots(page, name) {
+// check(w, h), if given, runs at each size before its screenshot.
+async function shots(page, name, check) {
   fs.mkdirSync(ARTEFACTS, { recursive: true });
   for (const [w, h] of SIZES) {
     await page.setViewportSize({ width: w, height: h });
@@ -125,6 +128,7 @@ async function shots(page, name) {
       return document.documentElement.scrollHeight <= innerHeight + 1 && m.scrollHeight <= m.clientHeight + 2;
     });
     ok(fits, name + " fits " + w + "x" + h + " without scrolling or clipping");
+    if (check) await check(w, h);
     await page.screenshot({ path: path.join(ARTEFACTS, name + "-" + w + "x" + h + ".png") });
   }
   await page.setViewportSize({ width: SIZES[0][0], height: SIZES[0][1] });
@@ -206,21 +210,98 @@ async function pinAndNotes(page, first) {
     await checkBoth(page, "notes", (l, s) => [[s.title === cat[l]["done.return.title"], "returned title with notes"]]);
     await axe(page, "notes");
     await shots(page, "notes");
-    const nb = await page.$$eval("#notes button", (bs) => bs.map((b) => { const r = b.getBoundingClientRect(); return [r.width, r.height]; }));
-    ok(nb.every(([w, h]) => w >= 44 && h >= 44), "note buttons at least 44x44 px: " + JSON.stringify(nb));
+    const nb = await page.$$eval(".note-buttons button, #note-send", (bs) => bs.map((b) => { const r = b.getBoundingClientRect(); return [r.width, r.height]; }));
+    ok(nb.length === 4 && nb.every(([w, h]) => w >= 44 && h >= 44), "note buttons at least 44x44 px: " + JSON.stringify(nb));
     await page.click('[data-note="floor-wet"]');
-    await page.fill("#note-text", "Netz am Tor gerissen");
+
+    // The free text on the on-screen keyboard, which a touch on the field opens.
+    ok(await page.$eval("#kbd", (k) => k.hidden), "no keyboard before the field is touched");
+    await page.click("#note-text");
+    await page.waitForSelector("#kbd:not([hidden])", { timeout: DOM_TIMEOUT });
+    for (const l of ["de", "en"]) {
+      await setLang(page, l);
+      const k = await page.evaluate(() => {
+        const attr = (id, a) => document.getElementById(id).getAttribute(a);
+        return { open: !document.getElementById("kbd").hidden, group: attr("kbd", "aria-label"), role: attr("kbd", "role"),
+          shift: attr("kbd-shift", "aria-label"), back: attr("kbd-back", "aria-label"),
+          space: document.getElementById("kbd-space").textContent, close: document.getElementById("kbd-close").textContent,
+          types: Array.from(document.querySelectorAll("#kbd button")).every((b) => b.type === "button") };
+      });
+      ok(k.open && k.role === "group" && k.group === cat[l]["kbd.label"] && k.shift === cat[l]["kbd.shift"] &&
+        k.back === cat[l]["kbd.backspace"] && k.space === cat[l]["kbd.space"] && k.close === cat[l]["kbd.close"] && k.types,
+        "keyboard [" + l + "]: group and function keys named from the catalogue: " + JSON.stringify(k));
+    }
+    await setLang(page, "de");
+    await axe(page, "notes-keyboard");
+    await shots(page, "notes-keyboard", async (w, h) => {
+      const k = await page.evaluate(() => {
+        const box = (e) => e.getBoundingClientRect();
+        const m = document.getElementById("message");
+        const mr = box(m);
+        const keys = Array.from(document.querySelectorAll("#kbd button"));
+        const rows = Array.from(document.querySelectorAll("#kbd .kbd-row"));
+        return {
+          n: keys.length,
+          small: keys.filter((b) => box(b).width < 44 || box(b).height < 44).map((b) => b.textContent + " " + box(b).width + "x" + box(b).height),
+          outside: keys.filter((b) => box(b).left < mr.left || box(b).right > mr.right || box(b).bottom > mr.bottom).map((b) => b.textContent),
+          overlap: rows.some((r) => Array.from(r.children).some((b, i, a) => i > 0 && box(b).left < box(a[i - 1]).right)),
+          wide: document.documentElement.scrollWidth > innerWidth || m.scrollWidth > m.clientWidth,
+          field: box(document.getElementById("note-text")).bottom <= box(document.getElementById("kbd")).top,
+        };
+      });
+      ok(k.n === 49 && k.small.length === 0, "keyboard keys at least 44x44 px at " + w + "x" + h + ": " + JSON.stringify(k.small));
+      ok(!k.outside.length && !k.overlap && !k.wide, "keyboard inside the box, no horizontal overflow, no overlapping keys at " +
+        w + "x" + h + ": " + JSON.stringify(k));
+      ok(k.field, "the field stays visible above the keyboard at " + w + "x" + h);
+    });
+    // Typed by touch: a capital (shift, for one letter), an umlaut, a wrong letter
+    // taken back, spaces, a digit and punctuation.
+    const key = (ch) => page.click('#kbd [data-key="' + ch + '"]');
+    await page.click("#kbd-shift");
+    ok(await page.evaluate(() => document.getElementById("kbd-shift").getAttribute("aria-pressed") === "true" &&
+      document.querySelector('#kbd [data-key="t"]').textContent === "T"), "shift pressed shows capitals");
+    await key("t");
+    ok(await page.evaluate(() => document.getElementById("kbd-shift").getAttribute("aria-pressed") === "false" &&
+      document.querySelector('#kbd [data-key="ü"]').textContent === "ü"), "shift lets go after one letter");
+    for (const ch of "ürx") await key(ch);
+    await page.click("#kbd-back");
+    await page.click("#kbd-space");
+    await key("3");
+    await page.click("#kbd-space");
+    for (const ch of "klemmt!") await key(ch);
+    const typed = await page.evaluate(() => ({ value: document.getElementById("note-text").value, focus: document.activeElement.id }));
+    ok(typed.value === "Tür 3 klemmt!" && typed.focus === "note-text", "the field shows what was typed and keeps the focus: " + JSON.stringify(typed));
+    await page.click("#kbd-shift");
+    await shots(page, "notes-keyboard-typed");
+    await page.click("#kbd-shift");
+    ok(await page.$eval("#kbd-shift", (b) => b.getAttribute("aria-pressed")) === "false", "a second touch on shift lets it go");
     await page.click("#note-send");
     await page.waitForFunction((t) => document.getElementById("notes-msg").textContent === t, cat.de["notes.thanks"], { timeout: DOM_TIMEOUT });
+    ok(await page.$eval("#kbd", (k) => k.hidden), "the keyboard closes when the note is sent");
     await waitFor("two condition notes", () => {
       const notes = P.ctl(["events"]).filter((e) => e.type === "hall.conditionNote");
-      return notes.length === 2 && notes[0].reason === "floor-wet" && notes[1].detail.text === "Netz am Tor gerissen" &&
-        notes.every((e) => e.compartment === 1 && !e.memberId && !e.member);
+      return notes.length === 2 && notes[0].reason === "floor-wet" && notes[1].reason === "other" &&
+        notes[1].detail.text === "Tür 3 klemmt!" && notes.every((e) => e.compartment === 1 && !e.memberId && !e.member);
     });
     ok(true, "notes recorded as hall.conditionNote");
+    // A long text scrolls to its end as it is typed; maxlength holds for the keys
+    // too; the close key closes the keyboard.
+    await page.click("#note-text");
+    await page.waitForSelector("#kbd:not([hidden])", { timeout: DOM_TIMEOUT });
+    await page.$eval("#note-text", (f) => { f.value = "x".repeat(198); f.setSelectionRange(198, 198); f.scrollLeft = 0; });
+    await key("a");
+    ok(await page.$eval("#note-text", (f) => f.scrollLeft > 0 && f.scrollLeft + f.clientWidth >= f.scrollWidth - 1), "the end of a long text stays in sight");
+    await key("b");
+    await key("c");
+    const full = await page.$eval("#note-text", (f) => f.value);
+    ok(full.length === 200 && full.endsWith("ab"), "no more than 200 characters from the keyboard (" + full.length + ")");
+    await page.click("#kbd-close");
+    ok(await page.evaluate(() => document.getElementById("kbd").hidden && !document.getElementById("message").classList.contains("typing") &&
+      document.querySelector('[data-note="lights-broken"]').getBoundingClientRect().height >= 44), "the close key closes the keyboard");
 
     P.ctl(["sim", "tap", "04A1B2C3D4E5E1"]);
     await waitView(page, "pin", "pin", "PIN pad again");
+    ok((await page.$eval("#note-text", (f) => f.value)) === "", "unsent text is not left for the next person");
     await pinKeys(page, "0000");
     await page.waitForFunction(() => document.getElementById("pin-msg").textContent !== "", null, { timeout: DOM_TIMEOUT });
     await pinKeys(page, "0000");
