@@ -674,11 +674,14 @@ static void drop_root(const char *name)
         fatalx("running as root, and there is no user '%s' to become: create it "
                "(systemd-sysusers) or name another with --user",
                name);
-    if (pw->pw_uid == 0) {
+    /* Copied: initgroups() may reuse getpwnam()'s static buffer. */
+    uid_t uid = pw->pw_uid;
+    gid_t gid = pw->pw_gid;
+    if (uid == 0) {
         log_warnx("serving as root (--user %s)", name);
         return;
     }
-    if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 || setuid(pw->pw_uid) < 0)
+    if (initgroups(name, gid) < 0 || setgid(gid) < 0 || setuid(uid) < 0)
         fatal("cannot become user %s", name);
     if (setuid(0) == 0)
         fatalx("could become root again after becoming %s", name);

@@ -749,15 +749,19 @@ static json_t *cmd_member_pin(struct client *cl, json_t *args, struct cmd_err *e
     int rc = store_member_get(s, member, &m);
     if (rc == STORE_NOTFOUND)
         return fail(err, "not_found", "no member '%s'", member);
-    char hash[POLICY_PIN_HASH_MAX];
-    if (rc != STORE_OK || (set && !policy_pin_hash(pin, hash, sizeof hash)))
+    if (rc != STORE_OK)
+        return fail(err, "internal_error", "database error");
+    char hash[POLICY_PIN_HASH_MAX] = "";
+    if (set && !policy_pin_hash(pin, hash, sizeof hash))
         return fail(err, "internal_error", "cannot hash the PIN");
     struct event ev = {.member_id = member};
-    bool ok = store_begin(s) == STORE_OK;
+    bool ok = store_begin(s) == STORE_OK, had = true;
     if (ok) {
         rc = store_pin_set(s, member, set ? hash : NULL, clock_wall_ms());
-        ok = (rc == STORE_OK || (!set && rc == STORE_NOTFOUND)) &&
-             (set ? audit(cl, "member.pinSet", &ev) : audit(cl, "member.pinRemoved", &ev));
+        had = rc != STORE_NOTFOUND; /* removing a PIN there was not changes nothing */
+        ok =
+            (rc == STORE_OK || !had) &&
+            (!had || (set ? audit(cl, "member.pinSet", &ev) : audit(cl, "member.pinRemoved", &ev)));
         /* A failed commit has rolled back by itself. */
         if (!ok)
             store_rollback(s);
@@ -767,7 +771,7 @@ static json_t *cmd_member_pin(struct client *cl, json_t *args, struct cmd_err *e
     OPENSSL_cleanse(hash, sizeof hash);
     if (!ok)
         return fail(err, "internal_error", "database error");
-    return json_pack("{s:s,s:s}", "id", member, "pin", set ? "set" : "removed");
+    return json_pack("{s:s,s:s}", "id", member, "pin", set ? "set" : had ? "removed" : "none");
 }
 
 /* Right of access: everything held about a member. The export itself is recorded

@@ -35,7 +35,7 @@
 #include "daemon/timeutil.h"
 
 #define WORKER_FD       3
-#define PAGE_MAX        500 /* items per page the worker may send (it asks for 100) */
+#define PAGE_MAX        500 /* items per page the worker may send (it asks for 500) */
 #define BATCH_MAX       100 /* events per upload (the contract's limit) */
 #define BODY_MAX        190000
 #define UPLOAD_DELAY_MS 500 /* lets the events of one tap travel together */
@@ -90,6 +90,7 @@ struct sync {
     char (*batch_ids)[37];
     int nbatch;
     int batch_limit; /* BATCH_MAX, less while a batch refused as a whole is split */
+    int batch_cap;   /* what batch_limit grows back to: less after a 413 */
     int upload_timer;
     bool halted; /* 401/403/404: waits for `sync now` or a reload */
     char halt_reason[300];
@@ -812,12 +813,17 @@ static void on_upload_done(struct sync *sy, const struct syncmsg *m)
             return worker_fail(sy, "%d results for %d events", n, sy->nbatch);
         }
         /* Back towards full batches after a batch was refused as a whole. */
-        sy->batch_limit = sy->batch_limit * 2 < BATCH_MAX ? sy->batch_limit * 2 : BATCH_MAX;
+        sy->batch_limit = sy->batch_limit * 2 < sy->batch_cap ? sy->batch_limit * 2 : sy->batch_cap;
     } else if (strcmp(outcome, "dead") == 0 && sy->nbatch > 1) {
         /* Refused as a whole (400, 413, 422): most likely one event is to blame.
          * The batch goes again in halves, down to one event, so that only the
-         * events the server refuses on their own become dead letters. */
+         * events the server refuses on their own become dead letters. A 413 says
+         * the server takes less than this at once: batches stay below it until
+         * lockerd is restarted or reloaded, instead of every other one being
+         * refused again. */
         sy->batch_limit = sy->nbatch / 2;
+        if (http == 413 && sy->batch_cap > sy->batch_limit)
+            sy->batch_cap = sy->batch_limit;
         log_warnx("sync: the server refused a batch of %d events as a whole (HTTP %d: %s): "
                   "sending it again in batches of %d",
                   sy->nbatch, http, error, sy->batch_limit);
@@ -1180,7 +1186,7 @@ struct sync *sync_new(const struct config *cfg, struct loop *loop, struct store 
     sy->station = station;
     sy->fd = -1;
     sy->restart_backoff_ms = RESTART_MIN_MS;
-    sy->batch_limit = BATCH_MAX;
+    sy->batch_limit = sy->batch_cap = BATCH_MAX;
     sy->heartbeat_s = cfg->sync_heartbeat_ms / 1000;
     sy->res = xcalloc(PAGE_MAX, sizeof *sy->res);
     sy->cred = xcalloc(PAGE_MAX, sizeof *sy->cred);
@@ -1238,6 +1244,7 @@ void sync_reconfigure(struct sync *sy, const struct config *cfg)
     sy->restart_backoff_ms = RESTART_MIN_MS;
     sy->halted = false;
     sy->worker_error[0] = '\0';
+    sy->batch_limit = sy->batch_cap = BATCH_MAX; /* a new server may take more */
     worker_start(sy);
     heartbeat_schedule(sy);
     usage_schedule(sy);

@@ -9,6 +9,7 @@
  * the hash chain broken.
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -582,21 +583,38 @@ static int cmd_member_export(struct ctl *ctl, int argc, char **argv)
     return rc ? rc : simple(ctl, "member.export", json_pack("{s:s}", "member", pos[0]), NULL);
 }
 
+/* The terminal's settings while echo is off, for a signal to put back. */
+static struct termios echo_tty;
+static const int echo_signals[] = {SIGINT, SIGTERM, SIGQUIT, SIGHUP, SIGTSTP};
+
+static void echo_back(int sig)
+{
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &echo_tty); /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 /* One line of standard input into buf, without its newline; on a terminal after a
- * prompt and without echo. False at end of input. */
+ * prompt and without echo (back on also when Ctrl-C or Ctrl-Z ends the wait).
+ * False at end of input. */
 static bool read_secret(const char *prompt, char *buf, size_t len)
 {
-    struct termios old, quiet;
-    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &old) == 0;
+    struct termios quiet;
+    struct sigaction sa = {.sa_handler = echo_back}, old[5];
+    bool tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &echo_tty) == 0;
     if (tty) {
         fprintf(stderr, "%s", prompt);
-        quiet = old;
+        for (int i = 0; i < 5; i++)
+            sigaction(echo_signals[i], &sa, &old[i]);
+        quiet = echo_tty;
         quiet.c_lflag &= ~(tcflag_t)ECHO;
         tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
     }
     bool ok = fgets(buf, (int)len, stdin) != NULL;
     if (tty) {
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &old);
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &echo_tty);
+        for (int i = 0; i < 5; i++)
+            sigaction(echo_signals[i], &old[i], NULL);
         fputc('\n', stderr);
     }
     if (ok)
@@ -606,8 +624,12 @@ static bool read_secret(const char *prompt, char *buf, size_t len)
 
 static void print_pin(json_t *r)
 {
-    printf("PIN of %s %s\n", json_string_value(json_object_get(r, "id")),
-           json_string_value(json_object_get(r, "pin")));
+    const char *id = json_string_value(json_object_get(r, "id"));
+    const char *what = json_string_value(json_object_get(r, "pin"));
+    if (what != NULL && strcmp(what, "none") == 0)
+        printf("%s had no PIN; nothing changed\n", id);
+    else
+        printf("PIN of %s %s\n", id, what);
 }
 
 /* The PIN is read from standard input (on a terminal twice, without echo), never

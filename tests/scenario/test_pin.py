@@ -232,6 +232,9 @@ class PinTest(StationTestCase):
         self.assertEqual(r.data["error"]["code"], "not_found", r)
         self.assertEqual(st.ctl("member", "pin", m, "--remove").data, {"id": m, "pin": "removed"})
         st.wait_event("member.pinRemoved", since=seq0)
+        # Removing a PIN there is not changes nothing and records nothing.
+        self.assertEqual(st.ctl("member", "pin", m, "--remove").data, {"id": m, "pin": "none"})
+        self.assertEqual(len(st.events_of("member.pinRemoved", since=seq0)), 1)
         self.assertEqual(st.tap(other["uid"]).get("reason"), "pin-not-set")
         # The PIN is in no event and in no log line.
         for e in st.events():

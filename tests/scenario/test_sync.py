@@ -321,6 +321,35 @@ class TestFaults(SyncTestCase):
     def test_batch_too_large_loses_only_the_event_too_large(self):
         self.refused_as_a_whole(413)
 
+    def test_413_keeps_batches_below_what_the_server_refused(self):
+        """A server that takes at most 2 events at once answers 413 to more: the
+        station splits, and does not grow its batches past the refused size again
+        (else every other request would be refused for ever)."""
+        st = self.prepared()
+        hold = self.city.fault("status", path="/events$", status=503, count=-1)
+        st.give_back(UID, 2)
+        st.pickup(UID, 2)
+        st.give_back(UID, 2)
+        queued = st.db_query("SELECT count(*) FROM outbox")[0][0]
+        self.assertGreaterEqual(queued, 8, "the test needs a batch of eight events or more")
+        self.city.fault("status", path="/events$", status=413, body='(?s)("eventId".*){3}',
+                        count=-1)
+        self.city.admin("DELETE", "/admin/faults/%d" % hold)
+        self.city.admin("DELETE", "/admin/requests")
+        st.ctl("sync", "now", "--timeout", "30", check=False)  # ends the 503 back-off
+        wait_until(lambda: st.j("sync", "status")["outboxDepth"] == 0, timeout=30,
+                   what="outbox empty")
+        statuses = [r["status"] for r in self.city.requests()["requests"]
+                    if r["method"] == "POST" and r["path"].endswith("/events")]
+        # Halved until accepted; after the first accepted batch never 413 again
+        # (growing back to 4 would be refused while 3 or more events wait).
+        first_ok = statuses.index(200)
+        self.assertGreater(first_ok, 0, statuses)
+        self.assertEqual(set(statuses[:first_ok]), {413}, statuses)
+        self.assertEqual(set(statuses[first_ok:]), {200}, statuses)
+        self.assertEqual(st.db_query("SELECT count(*) FROM dead_letters")[0][0], 0)
+        self.assert_events_exactly_once(st)
+
     def test_forbidden_halts_until_sync_now(self):
         st = self.prepared()
         self.city.fault("status", path="/events$", status=403)
