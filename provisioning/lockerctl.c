@@ -626,7 +626,9 @@ static void print_pin(json_t *r)
 {
     const char *id = json_string_value(json_object_get(r, "id"));
     const char *what = json_string_value(json_object_get(r, "pin"));
-    if (what != NULL && strcmp(what, "none") == 0)
+    if (what == NULL)
+        what = "?";
+    if (strcmp(what, "none") == 0)
         printf("%s had no PIN; nothing changed\n", id);
     else
         printf("PIN of %s %s\n", id, what);
