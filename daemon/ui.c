@@ -357,13 +357,14 @@ static enum MHD_Result reply(struct MHD_Connection *conn, unsigned int code, con
     return ret;
 }
 
-static enum MHD_Result reply_json(struct MHD_Connection *conn, json_t *j)
+/* Answers code with j as JSON; takes j. */
+static enum MHD_Result reply_code_json(struct MHD_Connection *conn, unsigned int code, json_t *j)
 {
     char *text = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     if (text == NULL)
         return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "internal error\n");
-    enum MHD_Result r = reply(conn, MHD_HTTP_OK, "application/json", text);
+    enum MHD_Result r = reply(conn, code, "application/json", text);
     free(text);
     return r;
 }
@@ -885,17 +886,6 @@ static enum MHD_Result input_refused(struct MHD_Connection *conn, const char *wh
     return reply(conn, MHD_HTTP_BAD_REQUEST, "text/plain", "bad request\n");
 }
 
-static enum MHD_Result reply_code_json(struct MHD_Connection *conn, unsigned int code, json_t *j)
-{
-    char *text = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (text == NULL)
-        return reply(conn, MHD_HTTP_INTERNAL_SERVER_ERROR, "text/plain", "internal error\n");
-    enum MHD_Result r = reply(conn, code, "application/json", text);
-    free(text);
-    return r;
-}
-
 /* POST /api/pin {"nonce": N, "pin": "1234"} or {"nonce": N, "cancel": true} */
 static enum MHD_Result serve_pin(struct ui *ui, struct MHD_Connection *conn, struct upload *up)
 {
@@ -1014,7 +1004,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!get)
         return reply(conn, MHD_HTTP_METHOD_NOT_ALLOWED, "text/plain", "method not allowed\n");
     if (strcmp(url, "/api/status") == 0)
-        return reply_json(conn, ui_public_status(ui));
+        return reply_code_json(conn, MHD_HTTP_OK, ui_public_status(ui));
     if (strcmp(url, "/api/events") == 0)
         return serve_events(ui, conn);
     if (strcmp(url, "/api/ping") == 0) {
